@@ -1,0 +1,318 @@
+"""Karpathy's nanoGPT GPT as a transformers causal LM.
+
+The module tree and parameter names are nanoGPT's (model.py), so a nanoGPT state dict loads with
+`load_state_dict` and no renaming:
+
+    transformer.wte / wpe / drop / h.{i}.(ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj) / ln_f
+    lm_head (tied to transformer.wte)
+
+What transformers adds around it: a KV cache (any `Cache`), padding masks and position ids for batched
+generation, the attention backend chosen through `ALL_ATTENTION_FUNCTIONS` (eager, sdpa, flex, flash),
+gradient checkpointing, output capturing, and the loss shifted inside the model.
+
+This file is also the remote code saved next to the weights: it imports only torch, transformers and
+its sibling configuration file.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_nanogpt import ACTIVATIONS, NanoGPTConfig
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Unpack[TransformersKwargs],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """nanoGPT's manual attention. q (B, nh, T, hs), k/v (B, nh, S, hs); mask additive (B, 1, T, S)."""
+    att = torch.matmul(query, key.transpose(-2, -1)) * scaling  # (B, nh, T, S)
+    if attention_mask is not None:
+        att = att + attention_mask
+    att = F.softmax(att, dim=-1, dtype=torch.float32).to(query.dtype)
+    att = F.dropout(att, p=dropout, training=module.training)
+    y = torch.matmul(att, value)  # (B, nh, T, hs)
+    return y.transpose(1, 2).contiguous(), att  # (B, T, nh, hs)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: NanoGPTConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.dropout = config.dropout
+        # key, query, value projections for all heads, but in a batch
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # output projection
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.is_residual_projection = True  # read by _init_weights: nanoGPT's scaled init
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, C = hidden_states.shape  # batch size, sequence length, embedding dimensionality (n_embd)
+        # q, k, v for all heads at once; the split is a view, no copy
+        qkv = self.c_attn(hidden_states).view(B, T, 3, self.n_head, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, nh, S, hs), S = cached + T
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        y, att = attention_interface(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )  # y: (B, T, nh, hs)
+        y = y.reshape(B, T, C)  # re-assemble all head outputs side by side
+        y = self.resid_dropout(self.c_proj(y))
+        return y, att
+
+
+class MLP(nn.Module):
+    def __init__(self, config: NanoGPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate=ACTIVATIONS[config.activation_function])
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.is_residual_projection = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(GradientCheckpointingLayer):
+    def __init__(self, config: NanoGPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attn_out, _ = self.attn(
+            self.ln_1(hidden_states), attention_mask=attention_mask, past_key_values=past_key_values, **kwargs
+        )
+        hidden_states = hidden_states + attn_out
+        hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
+        return hidden_states
+
+
+class NanoGPTPreTrainedModel(PreTrainedModel):
+    config: NanoGPTConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Block"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": Block, "attentions": CausalSelfAttention}
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        # nanoGPT: normal(0, 0.02) for Linear and Embedding, zero biases, LayerNorm (1, 0) ...
+        super()._init_weights(module)
+        # ... and the residual projections scaled per GPT-2 paper. Done on the Linear itself: transformers
+        # never calls _init_weights on modules that hold no parameters of their own (attn, mlp).
+        if getattr(module, "is_residual_projection", False):
+            std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
+            init.normal_(module.weight, mean=0.0, std=std)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Only the saved class lands in auto_map; remote-code users also expect AutoModel to resolve.
+        if self._auto_class is not None:
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": "modeling_nanogpt.NanoGPTModel",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class NanoGPTModel(NanoGPTPreTrainedModel):
+    """The transformer trunk: nanoGPT's `transformer` ModuleDict (wte, wpe, drop, h, ln_f)."""
+
+    def __init__(self, config: NanoGPTConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config, layer_idx=i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.wte = value
+
+    def _check_inputs(self, input_ids: torch.Tensor | None, position_ids: torch.Tensor, total_length: int):
+        """Clear errors where nn.Embedding would raise an IndexError (CPU) or a device-side assert (CUDA)."""
+        if total_length > self.config.block_size:
+            raise ValueError(
+                f"Sequence length {total_length} (cached tokens plus new tokens) exceeds the model's "
+                f"block_size {self.config.block_size}: nanoGPT has no position embedding past it. "
+                f"Shorten the prompt or lower max_new_tokens."
+            )
+        if input_ids is not None and input_ids.numel() > 0:
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(
+                    f"Token ids must be in [0, vocab_size={self.config.vocab_size}), got ids from {low} to {high}. "
+                    f"Was the input encoded with this model's tokenizer?"
+                )
+        if position_ids.numel() > 0:
+            low, high = int(position_ids.min()), int(position_ids.max())
+            if low < 0 or high >= self.config.block_size:
+                raise ValueError(
+                    f"position_ids must be in [0, block_size={self.config.block_size}), got {low} to {high}."
+                )
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+
+        t = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            device = input_ids.device if input_ids is not None else inputs_embeds.device
+            position_ids = (torch.arange(t, device=device) + past_length).unsqueeze(0)  # (1, t)
+        if not torch.compiler.is_compiling():  # data-dependent checks would break the graph
+            self._check_inputs(input_ids, position_ids, int(past_length) + t)
+
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # token embeddings of shape (b, t, n_embd)
+        pos_emb = self.wpe(position_ids)  # position embeddings of shape (b or 1, t, n_embd)
+        hidden_states = self.drop(inputs_embeds + pos_emb)
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        for block in self.h:
+            hidden_states = block(hidden_states, attention_mask=causal_mask, past_key_values=past_key_values, **kwargs)
+        hidden_states = self.ln_f(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class NanoGPTForCausalLM(NanoGPTPreTrainedModel, GenerationMixin):
+    """nanoGPT's `GPT`: the trunk plus `lm_head`, whose weight is tied to `transformer.wte.weight`."""
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: NanoGPTConfig):
+        super().__init__(config)
+        self.transformer = NanoGPTModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Usually the input ids themselves: they are shifted inside the model, so position i predicts
+            labels[i + 1]; -100 is ignored. nanoGPT-style targets, already shifted, go in `shift_labels`.
+        logits_to_keep (`int` or `torch.Tensor`):
+            Compute logits only for the last `logits_to_keep` positions (0: all). generate() passes 1, as
+            nanoGPT's inference path computes `lm_head(x[:, [-1], :])`.
+        """
+        outputs: BaseModelOutputWithPast = self.transformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None or kwargs.get("shift_labels") is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = ["NanoGPTForCausalLM", "NanoGPTModel", "NanoGPTPreTrainedModel"]

@@ -1,0 +1,88 @@
+"""Writing model folders: atomically, with the tokenizer and a generation config that fits the model.
+
+Every producer of a model folder (the demo, the conversions, the trainer) goes through
+`save_model_folder`, so each folder holds the same set of files and none is ever left half-written.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `out_dir`; on success it replaces `out_dir` by rename.
+
+    On any exception the temporary folder is removed and `out_dir` is left as it was.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists: pass overwrite=True (--overwrite) to replace it.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            # rename the old folder aside first, so that at every moment one complete folder exists
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def generation_config_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None) -> GenerationConfig:
+    """Generation defaults that work out of the box for this model and tokenizer.
+
+    - max_new_tokens is half the context, so prompt plus continuation fit block_size (the
+      text-generation pipeline's default of 256 new tokens would overrun a small model's wpe);
+    - bos/eos/pad from the tokenizer, pad = eos when the tokenizer has none (batched generation needs one);
+    - ids the tokenizer cannot decode (nanoGPT pads GPT-2's 50257 up to 50304) are never generated.
+    """
+    config = model.config
+    gen = GenerationConfig(max_new_tokens=max(1, config.block_size // 2), do_sample=True, top_k=200, temperature=0.8)
+    if tokenizer is not None:
+        eos = tokenizer.eos_token_id
+        gen.bos_token_id = tokenizer.bos_token_id
+        gen.eos_token_id = eos
+        gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        if len(tokenizer) < config.vocab_size:
+            gen.suppress_tokens = list(range(len(tokenizer), config.vocab_size))
+    return gen
+
+
+def save_model_folder(
+    model: PreTrainedModel,
+    out_dir: str | os.PathLike,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    generation_config: GenerationConfig | None = None,
+    model_card: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `model` (safetensors, config, remote code), its tokenizer, generation config and model card
+    to `out_dir` atomically. Special token ids are copied from the tokenizer into the model config."""
+    if tokenizer is not None:
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(model.config, name, getattr(tokenizer, name))
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = model.config.eos_token_id
+    model.generation_config = generation_config or generation_config_for(model, tokenizer)
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if model_card is not None:
+            (tmp / "README.md").write_text(model_card, encoding="utf-8")
+    return Path(out_dir)
+
+
+__all__ = ["atomic_output_dir", "generation_config_for", "save_model_folder"]

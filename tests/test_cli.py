@@ -1,0 +1,71 @@
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+
+from conftest import tiny_model
+from hf_nanogpt import cli
+from hf_nanogpt.saving import save_model_folder
+from hf_nanogpt.tokenization import char_tokenizer
+
+CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ:.,\n"))
+
+
+@pytest.fixture(scope="module")
+def char_model_dir(tmp_path_factory):
+    model = tiny_model(seed=20, vocab_size=len(CHARS), block_size=64)
+    return save_model_folder(model, tmp_path_factory.mktemp("cli") / "model", char_tokenizer(CHARS)), model
+
+
+def test_console_script_help():
+    exe = shutil.which("hf-nanogpt", path=str(__import__("pathlib").Path(sys.executable).parent))
+    assert exe, "the hf-nanogpt console script is not installed"
+    result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "generate" in result.stdout
+    result = subprocess.run([exe, "generate", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--prompt" in result.stdout and "--max-new-tokens" in result.stdout
+
+
+def test_generate_streams_the_greedy_continuation(char_model_dir, capsys, monkeypatch):
+    folder, model = char_model_dir
+    chunks = []
+    original = transformers.TextStreamer.on_finalized_text
+
+    def record(self, text, stream_end=False):
+        chunks.append(text)
+        original(self, text, stream_end)
+
+    monkeypatch.setattr(transformers.TextStreamer, "on_finalized_text", record)
+    assert cli.main(["generate", str(folder), "--prompt", "ROMEO: hi", "--max-new-tokens", "40", "--greedy"]) == 0
+    printed = capsys.readouterr().out
+    tok = char_tokenizer(CHARS)
+    ids = torch.tensor([tok("ROMEO: hi").input_ids])
+    expected = tok.decode(model.generate(ids, max_new_tokens=40, do_sample=False)[0])
+    assert printed.rstrip("\n") == expected.rstrip("\n")
+    assert len([c for c in chunks if c]) > 1  # streamed piece by piece, not printed at the end
+
+
+def test_generate_sampling_is_seeded(char_model_dir, capsys):
+    folder, _ = char_model_dir
+    args = ["generate", str(folder), "--prompt", "a", "--max-new-tokens", "30", "--seed", "3", "--temperature", "1.5"]
+    cli.main(args)
+    first = capsys.readouterr().out
+    cli.main(args)
+    assert capsys.readouterr().out == first
+
+
+def test_generate_too_long_is_a_clear_error(char_model_dir):
+    folder, _ = char_model_dir
+    with pytest.raises(SystemExit, match="block_size 64"):
+        cli.main(["generate", str(folder), "--prompt", "abc", "--max-new-tokens", "100"])
+
+
+def test_generate_missing_model_fails_cleanly(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_nanogpt.cli", "generate", str(tmp_path / "nope"), "--prompt", "x"],
+        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode != 0 and "nope" in result.stderr

@@ -1,0 +1,73 @@
+import pickle
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from conftest import FIXTURES, NANOGPT_FIXTURES
+from hf_nanogpt.tokenization import CHAR_UNKNOWN, char_tokenizer, gpt2_tokenizer
+
+
+def test_gpt2_tokenizer_from_openai_files(gpt2_tok):
+    assert gpt2_tok("Hello world").input_ids == [15496, 995]
+    assert len(gpt2_tok) == 50257
+    assert gpt2_tok.eos_token_id == gpt2_tok.bos_token_id == gpt2_tok.pad_token_id == 50256
+
+
+def test_gpt2_tokenizer_from_transformers_file_names(tmp_path):
+    (tmp_path / "vocab.json").write_bytes((FIXTURES / "gpt2_bpe" / "encoder.json").read_bytes())
+    (tmp_path / "merges.txt").write_bytes((FIXTURES / "gpt2_bpe" / "vocab.bpe").read_bytes())
+    assert gpt2_tokenizer(tmp_path)("Hello world").input_ids == [15496, 995]
+
+
+def test_gpt2_tokenizer_missing_files_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="encoder.json"):
+        gpt2_tokenizer(tmp_path)
+
+
+def test_gpt2_tokenizer_roundtrip_via_autotokenizer(gpt2_tok, tmp_path):
+    gpt2_tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "ROMEO: But soft, what light through yonder window breaks?"
+    assert loaded(text).input_ids == gpt2_tok(text).input_ids
+    assert loaded.decode(loaded(text).input_ids) == text
+
+
+@pytest.fixture(scope="module")
+def meta():
+    with open(NANOGPT_FIXTURES / "A_char_nobias" / "meta.pkl", "rb") as f:
+        return pickle.load(f)
+
+
+def test_char_tokenizer_matches_nanogpt_ids(meta):
+    tok = char_tokenizer(meta["stoi"])
+    assert len(tok) == meta["vocab_size"]
+    text = "".join(meta["itos"][i] for i in range(meta["vocab_size"]))
+    assert tok(text).input_ids == list(range(meta["vocab_size"]))
+    # same ids from the character set alone: nanoGPT sorts the characters
+    assert char_tokenizer(meta["stoi"].keys())(text).input_ids == tok(text).input_ids
+
+
+def test_char_tokenizer_roundtrip_and_autotokenizer(meta, tmp_path):
+    tok = char_tokenizer(meta["stoi"])
+    text = "ROMEO:\nBut soft, what light through yonder window breaks?\n\n  It is the east."
+    ids = tok(text).input_ids
+    assert ids == [meta["stoi"][c] for c in text]
+    assert tok.decode(ids) == text
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded(text).input_ids == ids and loaded.decode(ids) == text
+
+
+def test_char_tokenizer_refuses_unknown_characters(meta):
+    tok = char_tokenizer(meta["stoi"])
+    assert "é" not in meta["stoi"]
+    with pytest.raises(Exception, match=CHAR_UNKNOWN):
+        tok("héllo")
+
+
+def test_char_tokenizer_rejects_bad_vocabularies():
+    with pytest.raises(ValueError, match="single characters"):
+        char_tokenizer({"ab": 0, "c": 1})
+    with pytest.raises(ValueError, match="no gaps"):
+        char_tokenizer({"a": 0, "b": 2})
