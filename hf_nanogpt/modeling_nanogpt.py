@@ -200,19 +200,21 @@ class NanoGPTModel(NanoGPTPreTrainedModel):
                 f"block_size {self.config.block_size}: nanoGPT has no position embedding past it. "
                 f"Shorten the prompt or lower max_new_tokens."
             )
-        if input_ids is not None and input_ids.numel() > 0:
-            low, high = int(input_ids.min()), int(input_ids.max())
-            if low < 0 or high >= self.config.vocab_size:
-                raise ValueError(
-                    f"Token ids must be in [0, vocab_size={self.config.vocab_size}), got ids from {low} to {high}. "
-                    f"Was the input encoded with this model's tokenizer?"
-                )
-        if position_ids.numel() > 0:
-            low, high = int(position_ids.min()), int(position_ids.max())
-            if low < 0 or high >= self.config.block_size:
-                raise ValueError(
-                    f"position_ids must be in [0, block_size={self.config.block_size}), got {low} to {high}."
-                )
+        if position_ids.numel() == 0:  # an empty input: nothing to look up
+            return
+        bounds = [position_ids.min(), position_ids.max()]
+        if input_ids is not None:
+            bounds += [input_ids.min(), input_ids.max()]
+        pos_low, pos_high, *id_bounds = torch.stack(bounds).tolist()  # one device sync for all bounds
+        if pos_low < 0 or pos_high >= self.config.block_size:
+            raise ValueError(
+                f"position_ids must be in [0, block_size={self.config.block_size}), got {pos_low} to {pos_high}."
+            )
+        if id_bounds and (id_bounds[0] < 0 or id_bounds[1] >= self.config.vocab_size):
+            raise ValueError(
+                f"Token ids must be in [0, vocab_size={self.config.vocab_size}), got ids from {id_bounds[0]} to "
+                f"{id_bounds[1]}. Was the input encoded with this model's tokenizer?"
+            )
 
     @merge_with_config_defaults
     @capture_outputs
