@@ -2,10 +2,12 @@
 
     hf-nanogpt --help
     hf-nanogpt generate MODEL --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--greedy]
+    hf-nanogpt sample MODEL [--start TEXT|FILE:path] [--num_samples 10] [--max_new_tokens 500] ...
+    hf-nanogpt convert nanogpt SRC OUT [--meta meta.pkl | --tokenizer gpt2|DIR] [--crop-vocab] [--overwrite]
+    hf-nanogpt export nanogpt MODEL OUT_DIR [--dataset NAME] [--overwrite]
 
 MODEL is a model folder or a Hub repo id. Each subcommand is a function `cmd_<name>(args)` with its
-options declared in `build_parser`; later subcommands (convert, export, sample, train, prepare, push)
-join the same table.
+options declared in `build_parser`; the library functions they call are documented in the README.
 """
 
 import argparse
@@ -18,6 +20,9 @@ def load_model_and_tokenizer(model_id: str, device: str = "cpu", dtype: str = "a
     """A model folder or Hub id -> (model in eval mode on `device`, tokenizer)."""
     import hf_nanogpt  # noqa: F401  (registers the nanogpt model type with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # keep the terminal for the generated text
 
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch_dtype, trust_remote_code=trust_remote_code)
@@ -27,9 +32,6 @@ def load_model_and_tokenizer(model_id: str, device: str = "cpu", dtype: str = "a
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()  # keep the terminal for the streamed text
 
     model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
     input_ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(args.device)
@@ -61,10 +63,50 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .sampling import sample
+
+    model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
+    sample(
+        model,
+        tokenizer,
+        start=args.start,
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k if args.top_k > 0 else None,
+        seed=args.seed,
+        use_cache=args.kv_cache,
+        write=lambda text: print(text, flush=True),
+    )
+    return 0
+
+
+def cmd_convert_nanogpt(args: argparse.Namespace) -> int:
+    from .conversion.nanogpt import convert_nanogpt
+
+    convert_nanogpt(args.src, args.out, tokenizer=args.tokenizer, meta=args.meta, crop_vocab=args.crop_vocab, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_export_nanogpt(args: argparse.Namespace) -> int:
+    from .conversion.nanogpt import export_nanogpt
+
+    export_nanogpt(args.model, args.out_dir, dataset=args.dataset, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    return 0
+
+
+def add_model_loading_options(parser: argparse.ArgumentParser, dtype_default: str = "auto") -> None:
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=dtype_default, choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true", help="load a model through its own code files")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-nanogpt",
-        description="nanoGPT models in the Hugging Face ecosystem: generate text (more subcommands to come).",
+        description="nanoGPT models in the Hugging Face ecosystem: generate and sample text, convert nanoGPT "
+        "checkpoints to Hugging Face model folders and back.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -82,16 +124,71 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    gen.add_argument("--trust-remote-code", action="store_true", help="load a model through its own code files")
+    add_model_loading_options(gen)
     gen.set_defaults(func=cmd_generate)
+
+    smp = sub.add_parser(
+        "sample",
+        help="nanoGPT's sample.py on any model folder or Hub id (same options, same output)",
+        description="Sample as nanoGPT's sample.py does, with its option names and defaults: with the same seed "
+        "and weights it prints the same samples. Works past block_size by sliding the context window.",
+    )
+    smp.add_argument("model", metavar="MODEL", help="model folder or Hub repo id")
+    smp.add_argument("--start", default="\n", help='prompt text, or FILE:path to read it from a file (default "\\n")')
+    smp.add_argument("--num_samples", "--num-samples", type=int, default=10)
+    smp.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=500)
+    smp.add_argument("--temperature", type=float, default=0.8, help="> 0; below 1 is less random")
+    smp.add_argument("--top_k", "--top-k", type=int, default=200, help="keep the k most likely tokens (0: all)")
+    smp.add_argument("--seed", type=int, default=1337)
+    smp.add_argument("--kv_cache", "--kv-cache", action="store_true",
+                     help="reuse attention keys/values inside the window: faster, but float rounding can change "
+                     "rare draws, so samples may differ from nanoGPT's")
+    add_model_loading_options(smp, dtype_default="float32")
+    smp.set_defaults(func=cmd_sample)
+
+    convert = sub.add_parser("convert", help="convert other formats into hf_nanogpt model folders")
+    convert_sub = convert.add_subparsers(dest="source", metavar="FORMAT", required=True)
+    cn = convert_sub.add_parser(
+        "nanogpt",
+        help="a nanoGPT ckpt.pt or out_dir -> a Hugging Face model folder",
+        description="Convert a nanoGPT checkpoint into a model folder (safetensors, config, tokenizer, generation "
+        "config, remote code, model card). Tokenizer: --meta, else --tokenizer, else a meta.pkl beside the "
+        "checkpoint or in data/<dataset>/ (as sample.py looks), else GPT-2 BPE. The written folder is reloaded "
+        "and its logits checked against the checkpoint before it replaces OUT.",
+    )
+    cn.add_argument("src", metavar="SRC", help="ckpt.pt, or an out_dir holding one")
+    cn.add_argument("out", metavar="OUT", help="model folder to write")
+    cn.add_argument("--meta", default=None, help="char-level meta.pkl")
+    cn.add_argument("--tokenizer", default=None, help="'gpt2', or a folder with a saved tokenizer or GPT-2 BPE files")
+    cn.add_argument("--crop-vocab", "--crop_vocab", action="store_true", help="cut the padded embedding to the tokenizer's size")
+    cn.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    cn.set_defaults(func=cmd_convert_nanogpt)
+
+    export = sub.add_parser("export", help="export hf_nanogpt model folders to other formats")
+    export_sub = export.add_subparsers(dest="target", metavar="FORMAT", required=True)
+    en = export_sub.add_parser(
+        "nanogpt",
+        help="a model folder or Hub id -> OUT_DIR/ckpt.pt for nanoGPT's sample.py and train.py",
+        description="Write OUT_DIR/ckpt.pt in nanoGPT's format (model, model_args, iter_num, best_val_loss, config, "
+        "and an optimizer entry train.py accepts with init_from='resume'), plus meta.pkl for char-level tokenizers.",
+    )
+    en.add_argument("model", metavar="MODEL", help="model folder or Hub repo id")
+    en.add_argument("out_dir", metavar="OUT_DIR")
+    en.add_argument("--dataset", default=None, help="config['dataset'] (where sample.py looks for meta.pkl)")
+    en.add_argument("--overwrite", action="store_true")
+    en.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
+    en.set_defaults(func=cmd_export_nanogpt)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        # bad input: say what is wrong, without a traceback
+        parser.exit(2, f"error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup, pipeline
 
 from . import NanoGPTConfig, NanoGPTForCausalLM
+from .model_card import render_model_card, table
 from .saving import save_model_folder
 from .tokenization import char_tokenizer
 
@@ -173,35 +174,19 @@ def main(argv=None) -> dict:
 
 
 def model_card(args, history: list, corpus_chars: int, vocab_size: int) -> str:
-    rows = "\n".join(f"| {h['iter']} | {h['train']:.4f} | {h['val']:.4f} |" for h in history)
-    return f"""---
-library_name: transformers
-pipeline_tag: text-generation
-tags:
-- nanogpt
-- hf_nanogpt
----
-# hf_nanogpt demo: a character-level nanoGPT trained on Python source
-
-Made by `make demo` (`python -m hf_nanogpt.demo`) of [hf_nanogpt](https://pypi.org/project/hf-nanogpt/):
-{args.n_layer} layers, {args.n_head} heads, {args.n_embd} dimensions, block size {args.block_size},
-vocabulary of {vocab_size} characters, trained {args.max_iters} iterations (batch {args.batch_size}) on
-{corpus_chars:,} characters of the Python standard library's source.
-
-| iter | train loss | val loss |
-|---|---|---|
-{rows}
-
-## Use
-
-```python
-import hf_nanogpt  # or pass trust_remote_code=True instead of installing the package
-from transformers import pipeline
-print(pipeline("text-generation", model="{args.out_dir}")("def ")[0]["generated_text"])
-```
-
-A toy: it writes Python-looking text, not working code.
-"""
+    return render_model_card(
+        title="hf_nanogpt demo: a character-level nanoGPT trained on Python source",
+        summary=(
+            f"Made by `make demo` (`python -m hf_nanogpt.demo`) of hf_nanogpt: {args.n_layer} layers, "
+            f"{args.n_head} heads, {args.n_embd} dimensions, block size {args.block_size}, a vocabulary of "
+            f"{vocab_size} characters, trained {args.max_iters} iterations (batch {args.batch_size}) on "
+            f"{corpus_chars:,} characters of the Python standard library's source."
+        ),
+        sections={"Training": table([{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in h.items()} for h in history], ["iter", "train", "val"])},
+        model_ref=str(args.out_dir),
+        tags=["character-level", "demo"],
+        prompt=args.prompt,
+    )
 
 
 if __name__ == "__main__":

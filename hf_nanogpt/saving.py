@@ -60,6 +60,34 @@ def generation_config_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     return gen
 
 
+def write_model_folder(
+    model: PreTrainedModel,
+    folder: str | os.PathLike,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    generation_config: GenerationConfig | None = None,
+    model_card: str | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write `model` (safetensors, config, remote code), its tokenizer, generation config, model card
+    and `extra_files` (name -> text) into `folder` (not atomic: see `save_model_folder`). Special token
+    ids are copied from the tokenizer into the model config."""
+    folder = Path(folder)
+    if tokenizer is not None:
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(model.config, name, getattr(tokenizer, name))
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = model.config.eos_token_id
+    model.generation_config = generation_config or generation_config_for(model, tokenizer)
+    model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    if model_card is not None:
+        (folder / "README.md").write_text(model_card, encoding="utf-8")
+    for name, text in (extra_files or {}).items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
 def save_model_folder(
     model: PreTrainedModel,
     out_dir: str | os.PathLike,
@@ -67,22 +95,12 @@ def save_model_folder(
     generation_config: GenerationConfig | None = None,
     model_card: str | None = None,
     overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write `model` (safetensors, config, remote code), its tokenizer, generation config and model card
-    to `out_dir` atomically. Special token ids are copied from the tokenizer into the model config."""
-    if tokenizer is not None:
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            setattr(model.config, name, getattr(tokenizer, name))
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = model.config.eos_token_id
-    model.generation_config = generation_config or generation_config_for(model, tokenizer)
+    """`write_model_folder` into `out_dir` atomically: written beside it, renamed at the end."""
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if model_card is not None:
-            (tmp / "README.md").write_text(model_card, encoding="utf-8")
+        write_model_folder(model, tmp, tokenizer, generation_config, model_card, extra_files)
     return Path(out_dir)
 
 
-__all__ = ["atomic_output_dir", "generation_config_for", "save_model_folder"]
+__all__ = ["atomic_output_dir", "generation_config_for", "save_model_folder", "write_model_folder"]

@@ -1,20 +1,29 @@
-"""The two tokenizers nanoGPT models use, built as `tokenizers`-backed fast tokenizers.
+"""The two tokenizers nanoGPT models use, built as `tokenizers`-backed fast tokenizers, and nanoGPT's
+meta.pkl vocabulary files.
 
-Both save as tokenizer.json, so `AutoTokenizer.from_pretrained(folder)` loads them without this package.
+Both tokenizers save as tokenizer.json, so `AutoTokenizer.from_pretrained(folder)` loads them without
+this package.
 
-- `gpt2_tokenizer`: OpenAI's GPT-2 BPE (what nanoGPT reads through tiktoken) from its two files.
+- `gpt2_tokenizer`: OpenAI's GPT-2 BPE (what nanoGPT reads through tiktoken) from its two files; the
+  files ship with this package, so it works offline.
 - `char_tokenizer`: nanoGPT's character-level vocabulary (data/shakespeare_char/prepare.py): one id per
   character, ids in sorted-character order unless a `stoi` map says otherwise.
+- `read_meta_pkl` / `write_meta_pkl`: nanoGPT's meta.pkl ({vocab_size, itos, stoi}), read without
+  running any code a pickle might carry.
+- `load_tokenizer`: "gpt2", a meta.pkl, or a folder, as the command line takes them.
 """
 
+import io
 import json
+import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models
-from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 GPT2_EOS = "<|endoftext|>"
+GPT2_BPE_DIR = Path(__file__).parent / "assets" / "gpt2_bpe"  # OpenAI's encoder.json and vocab.bpe
 
 # (vocabulary file, merges file) pairs that hold GPT-2 BPE: OpenAI's names, then transformers' names.
 GPT2_FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
@@ -25,8 +34,9 @@ GPT2_FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 CHAR_UNKNOWN = "<character not in this char-level vocabulary>"
 
 
-def gpt2_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """GPT-2's BPE from a folder holding encoder.json + vocab.bpe (OpenAI) or vocab.json + merges.txt.
+def gpt2_tokenizer(path: str | Path = GPT2_BPE_DIR) -> PreTrainedTokenizerFast:
+    """GPT-2's BPE from a folder holding encoder.json + vocab.bpe (OpenAI) or vocab.json + merges.txt;
+    by default the copy of OpenAI's files inside this package.
 
     Pad is set to <|endoftext|>, as GPT-2 has no pad token and batched generation needs one.
     """
@@ -71,4 +81,87 @@ def char_tokenizer(chars: Iterable[str] | Mapping[str, int], model_max_length: i
     return tokenizer
 
 
-__all__ = ["CHAR_UNKNOWN", "GPT2_EOS", "char_tokenizer", "gpt2_tokenizer"]
+def has_gpt2_files(path: Path) -> bool:
+    return any((path / v).is_file() and (path / m).is_file() for v, m in GPT2_FILE_PAIRS)
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings and numbers; refuses every other global (no code runs)."""
+
+    SAFE = {("builtins", name) for name in ("dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "bool", "bytes")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.SAFE:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain data is allowed in meta.pkl")
+
+
+def read_meta_pkl(path: str | Path) -> dict:
+    """nanoGPT's meta.pkl -> {"vocab_size", "stoi", "itos"}, checked for consistency.
+
+    A pickle can run code when loaded; this one is read with an unpickler that admits plain builtins only.
+    """
+    path = Path(path)
+    try:
+        meta = _PlainDataUnpickler(io.BytesIO(path.read_bytes())).load()
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: not a plain nanoGPT meta.pkl: {err}.") from err
+    except (EOFError, ValueError, TypeError, IndexError, AttributeError) as err:
+        raise ValueError(f"{path}: unreadable meta.pkl (truncated or corrupt?): {err!r}.") from err
+    if not isinstance(meta, dict) or not {"stoi", "itos"} <= set(meta):
+        found = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{path}: a nanoGPT meta.pkl holds a dict with 'stoi' and 'itos', found {found}.")
+    stoi, itos = meta["stoi"], meta["itos"]
+    vocab_size = meta.get("vocab_size", len(stoi))
+    if not (len(stoi) == len(itos) == vocab_size) or any(itos.get(i) != ch for ch, i in stoi.items()):
+        raise ValueError(
+            f"{path}: inconsistent vocabulary: vocab_size {vocab_size}, {len(stoi)} stoi entries, {len(itos)} itos "
+            f"entries, and stoi/itos must be inverse maps."
+        )
+    return {"vocab_size": vocab_size, "stoi": dict(stoi), "itos": dict(itos)}
+
+
+def write_meta_pkl(path: str | Path, stoi: Mapping[str, int]) -> None:
+    """Write a meta.pkl exactly as nanoGPT's prepare.py does: {vocab_size, itos, stoi}."""
+    meta = {"vocab_size": len(stoi), "itos": {i: ch for ch, i in stoi.items()}, "stoi": dict(stoi)}
+    with open(path, "wb") as f:
+        pickle.dump(meta, f)
+
+
+def char_vocab(tokenizer: PreTrainedTokenizerBase) -> dict[str, int] | None:
+    """The `stoi` of a character-level tokenizer (every token a single character, no special tokens), else None."""
+    vocab = tokenizer.get_vocab()
+    if tokenizer.all_special_tokens or not vocab or any(len(token) != 1 for token in vocab):
+        return None
+    return dict(vocab)
+
+
+def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
+    """'gpt2' (GPT-2 BPE, bundled), a meta.pkl (char level), a folder with GPT-2 BPE files, or a folder
+    with a saved tokenizer (tokenizer.json / tokenizer_config.json)."""
+    if str(spec) == "gpt2":
+        return gpt2_tokenizer()
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".pkl":
+        return char_tokenizer(read_meta_pkl(path)["stoi"])
+    if path.is_dir() and has_gpt2_files(path):
+        return gpt2_tokenizer(path)
+    if path.is_dir() and ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
+        return AutoTokenizer.from_pretrained(path)
+    raise ValueError(
+        f"Cannot make a tokenizer from {spec!r}: expected 'gpt2', a meta.pkl, or a folder holding "
+        f"encoder.json + vocab.bpe, vocab.json + merges.txt, or a saved tokenizer (tokenizer.json)."
+    )
+
+
+__all__ = [
+    "CHAR_UNKNOWN",
+    "GPT2_BPE_DIR",
+    "GPT2_EOS",
+    "char_tokenizer",
+    "char_vocab",
+    "gpt2_tokenizer",
+    "load_tokenizer",
+    "read_meta_pkl",
+    "write_meta_pkl",
+]

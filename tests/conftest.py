@@ -48,4 +48,4 @@ def model_from_nanogpt(ckpt: dict, attn_implementation: str = "sdpa") -> NanoGPT
 
 @pytest.fixture(scope="session")
 def gpt2_tok():
-    return gpt2_tokenizer(FIXTURES / "gpt2_bpe")
+    return gpt2_tokenizer()

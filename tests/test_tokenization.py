@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import FIXTURES, NANOGPT_FIXTURES
-from hf_nanogpt.tokenization import CHAR_UNKNOWN, char_tokenizer, gpt2_tokenizer
+from conftest import NANOGPT_FIXTURES
+from hf_nanogpt.tokenization import (
+    CHAR_UNKNOWN,
+    GPT2_BPE_DIR,
+    char_tokenizer,
+    char_vocab,
+    gpt2_tokenizer,
+    load_tokenizer,
+    read_meta_pkl,
+    write_meta_pkl,
+)
 
 
 def test_gpt2_tokenizer_from_openai_files(gpt2_tok):
@@ -15,8 +24,8 @@ def test_gpt2_tokenizer_from_openai_files(gpt2_tok):
 
 
 def test_gpt2_tokenizer_from_transformers_file_names(tmp_path):
-    (tmp_path / "vocab.json").write_bytes((FIXTURES / "gpt2_bpe" / "encoder.json").read_bytes())
-    (tmp_path / "merges.txt").write_bytes((FIXTURES / "gpt2_bpe" / "vocab.bpe").read_bytes())
+    (tmp_path / "vocab.json").write_bytes((GPT2_BPE_DIR / "encoder.json").read_bytes())
+    (tmp_path / "merges.txt").write_bytes((GPT2_BPE_DIR / "vocab.bpe").read_bytes())
     assert gpt2_tokenizer(tmp_path)("Hello world").input_ids == [15496, 995]
 
 
