@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
+from hf_nanogpt.conversion.common import ConversionError, check_logits, probe_batch, require_writable_output
 from hf_nanogpt.model_card import render_model_card, table
 from hf_nanogpt.saving import atomic_output_dir, write_model_folder
 from hf_nanogpt.tokenization import char_tokenizer, char_vocab, gpt2_tokenizer, load_tokenizer, read_meta_pkl, write_meta_pkl
@@ -32,11 +33,8 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 # keys that are not weights: the causal-mask buffers of older nanoGPT (and GPT-2 style) attention
 DROPPED_KEYS = re.compile(r"\.attn\.(bias|masked_bias)$")
 METADATA_FILE = "nanogpt.json"  # iter_num, best_val_loss and the training config of the source checkpoint
-MAX_ABS_DIFF = 1e-5
 
-
-class CheckpointError(ValueError):
-    """A nanoGPT checkpoint that cannot be converted; the message names the file and what is wrong."""
+CheckpointError = ConversionError  # the name nanoGPT users will look for
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,17 +173,11 @@ class ConversionResult:
     num_parameters: int
 
 
-def probe_batch(config: NanoGPTConfig, vocab_limit: int) -> torch.Tensor:
-    """A fixed batch of token ids to compare logits on."""
-    t = min(config.block_size, 32)
-    return torch.randint(0, vocab_limit, (2, t), generator=torch.Generator().manual_seed(0))
-
-
-def probe_logits_diff(folder: Path, ids: torch.Tensor, reference_logits: torch.Tensor) -> float:
-    """Reload `folder` through the Auto classes; max |logits - reference_logits| on `ids`."""
+def reload_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
+    """Logits of `folder` reloaded through the Auto classes, as a user would load it."""
     reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
     with torch.no_grad():
-        return (reloaded(ids).logits - reference_logits).abs().max().item()
+        return reloaded(ids).logits
 
 
 def convert_nanogpt(
@@ -203,9 +195,7 @@ def convert_nanogpt(
     within 1e-5), and only then renamed into place: on any failure nothing is written.
     """
     ckpt_path = find_checkpoint(src)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty: pass --overwrite to replace it.")
+    out_dir = require_writable_output(out_dir, overwrite)
     ckpt = load_checkpoint(ckpt_path)
     config = config_from_model_args(ckpt["model_args"], ckpt_path)
     state_dict = check_state_dict(clean_state_dict(ckpt["model"]), config, ckpt_path)
@@ -239,7 +229,7 @@ def convert_nanogpt(
         "cropped_vocab_to": n_tok if crop_vocab and n_tok < int(ckpt["model_args"]["vocab_size"]) else None,
     }
     card = nanogpt_model_card(info, config, tok_desc, out_dir.name, n_params)
-    ids = probe_batch(config, min(n_tok, config.vocab_size))
+    ids = probe_batch(config.block_size, min(n_tok, config.vocab_size))
     with torch.no_grad():
         reference_logits = model(ids).logits
 
@@ -249,10 +239,7 @@ def convert_nanogpt(
         # memory never holds two copies of the weights.
         del model, state_dict, ckpt
         gc.collect()
-        diff = probe_logits_diff(tmp, ids, reference_logits)
-        log(f"verification: reloaded the written folder with AutoModelForCausalLM: max |logits difference| = {diff:.3e}")
-        if not diff <= MAX_ABS_DIFF:
-            raise CheckpointError(f"conversion check failed: logits differ by {diff:.3e} (> {MAX_ABS_DIFF}); nothing written.")
+        diff = check_logits(reload_logits(tmp, ids), reference_logits, "written folder vs checkpoint", log)
     log(f"wrote {out_dir}: {n_params / 1e6:.2f}M parameters, vocab {config.vocab_size}, tokenizer {tok_desc}")
     return ConversionResult(out_dir, diff, tok_desc, config.vocab_size, n_params)
 

@@ -5,6 +5,8 @@
     hf-nanogpt sample MODEL [--start TEXT|FILE:path] [--num_samples 10] [--max_new_tokens 500] ...
     hf-nanogpt convert nanogpt SRC OUT [--meta meta.pkl | --tokenizer gpt2|DIR] [--crop-vocab] [--overwrite]
     hf-nanogpt export nanogpt MODEL OUT_DIR [--dataset NAME] [--overwrite]
+    hf-nanogpt convert gpt2 SRC OUT [--overwrite]          (SRC: a GPT2LMHeadModel folder or Hub id)
+    hf-nanogpt export gpt2 MODEL OUT [--overwrite]
 
 MODEL is a model folder or a Hub repo id. Each subcommand is a function `cmd_<name>(args)` with its
 options declared in `build_parser`; the library functions they call are documented in the README.
@@ -96,6 +98,20 @@ def cmd_export_nanogpt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_gpt2(args: argparse.Namespace) -> int:
+    from .conversion.gpt2 import convert_gpt2
+
+    convert_gpt2(args.src, args.out, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_export_gpt2(args: argparse.Namespace) -> int:
+    from .conversion.gpt2 import export_gpt2
+
+    export_gpt2(args.model, args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    return 0
+
+
 def add_model_loading_options(parser: argparse.ArgumentParser, dtype_default: str = "auto") -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=dtype_default, choices=["auto", "float32", "bfloat16", "float16"])
@@ -164,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     cn.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     cn.set_defaults(func=cmd_convert_nanogpt)
 
+    cg = convert_sub.add_parser(
+        "gpt2",
+        help="OpenAI GPT-2 (a GPT2LMHeadModel folder or Hub id) -> a hf_nanogpt model folder",
+        description="Convert GPT-2 weights (gpt2, gpt2-medium, gpt2-large, gpt2-xl, or any GPT2LMHeadModel folder) "
+        "into nanoGPT's architecture: Conv1D weights transposed, activation gelu_new, tokenizer and generation "
+        "settings carried. Checked against GPT2LMHeadModel (logits within 1e-5) before OUT is replaced.",
+    )
+    cg.add_argument("src", metavar="SRC", help="GPT2LMHeadModel folder, or a Hub id (needs network)")
+    cg.add_argument("out", metavar="OUT")
+    cg.add_argument("--overwrite", action="store_true")
+    cg.set_defaults(func=cmd_convert_gpt2)
+
     export = sub.add_parser("export", help="export hf_nanogpt model folders to other formats")
     export_sub = export.add_subparsers(dest="target", metavar="FORMAT", required=True)
     en = export_sub.add_parser(
@@ -178,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--overwrite", action="store_true")
     en.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
     en.set_defaults(func=cmd_export_nanogpt)
+    eg = export_sub.add_parser(
+        "gpt2",
+        help="a model folder or Hub id -> a GPT2LMHeadModel folder stock transformers loads (no custom code)",
+        description="Write a GPT2LMHeadModel folder (model_type gpt2, Conv1D layout, zero biases for bias=False, "
+        "padded vocabulary kept) for serving stacks that know GPT-2. Checked against the source (logits within 1e-5).",
+    )
+    eg.add_argument("model", metavar="MODEL")
+    eg.add_argument("out", metavar="OUT")
+    eg.add_argument("--overwrite", action="store_true")
+    eg.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
+    eg.set_defaults(func=cmd_export_gpt2)
     return parser
 
 
