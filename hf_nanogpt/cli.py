@@ -38,13 +38,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
     input_ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(args.device)
     if input_ids.shape[1] == 0:
-        raise SystemExit("error: the prompt encodes to no tokens; pass a non-empty --prompt.")
+        raise ValueError("the prompt encodes to no tokens; pass a non-empty --prompt.")
     block_size = model.config.max_position_embeddings
     max_new = args.max_new_tokens if args.max_new_tokens is not None else model.generation_config.max_new_tokens
     max_new = max_new if max_new is not None else block_size - input_ids.shape[1]
     if input_ids.shape[1] + max_new > block_size:
-        raise SystemExit(
-            f"error: prompt ({input_ids.shape[1]} tokens) plus --max-new-tokens ({max_new}) exceeds the model's "
+        raise ValueError(
+            f"prompt ({input_ids.shape[1]} tokens) plus --max-new-tokens ({max_new}) exceeds the model's "
             f"block_size {block_size}; lower --max-new-tokens to at most {max(0, block_size - input_ids.shape[1])}."
         )
     if args.seed is not None:
@@ -225,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        # bad input: say what is wrong, without a traceback
+    except (ValueError, OSError) as err:
+        # bad input (and transformers' OSError for a folder or repo that holds no model): say what is
+        # wrong, without a traceback
         parser.exit(2, f"error: {err}\n")
 
 

@@ -57,10 +57,13 @@ def test_generate_sampling_is_seeded(char_model_dir, capsys):
     assert capsys.readouterr().out == first
 
 
-def test_generate_too_long_is_a_clear_error(char_model_dir):
+def test_generate_too_long_is_a_clear_error(char_model_dir, capsys):
     folder, _ = char_model_dir
-    with pytest.raises(SystemExit, match="block_size 64"):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(["generate", str(folder), "--prompt", "abc", "--max-new-tokens", "100"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "block_size 64" in err and "at most 61" in err
 
 
 def test_generate_missing_model_fails_cleanly(tmp_path):
@@ -68,4 +71,4 @@ def test_generate_missing_model_fails_cleanly(tmp_path):
         [sys.executable, "-m", "hf_nanogpt.cli", "generate", str(tmp_path / "nope"), "--prompt", "x"],
         capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
     )
-    assert result.returncode != 0 and "nope" in result.stderr
+    assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr
