@@ -223,12 +223,8 @@ def nanogpt_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
         return model(ids).logits
 
 
-def convert_gpt2(src: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, log=print) -> Path:
-    """A GPT2LMHeadModel folder or Hub id -> a hf_nanogpt model folder, checked against GPT2LMHeadModel.
-
-    Written beside `out_dir` and renamed at the end; on any failure nothing is written.
-    """
-    out_dir = require_writable_output(out_dir, overwrite)
+def gpt2_as_nanogpt(src: str | os.PathLike) -> tuple[NanoGPTForCausalLM, Path]:
+    """A GPT2LMHeadModel folder or Hub id -> (our model holding its weights, the source folder)."""
     folder = resolve_source(src)
     gpt2_config = read_gpt2_config(folder)
     try:
@@ -240,7 +236,17 @@ def convert_gpt2(src: str | os.PathLike, out_dir: str | os.PathLike, overwrite: 
         model = NanoGPTForCausalLM(config)
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.tie_weights()
-    del state_dict
+    return model.eval(), folder
+
+
+def convert_gpt2(src: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, log=print) -> Path:
+    """A GPT2LMHeadModel folder or Hub id -> a hf_nanogpt model folder, checked against GPT2LMHeadModel.
+
+    Written beside `out_dir` and renamed at the end; on any failure nothing is written.
+    """
+    out_dir = require_writable_output(out_dir, overwrite)
+    model, folder = gpt2_as_nanogpt(src)
+    config = model.config
     tokenizer, tok_desc = source_tokenizer(folder, config.vocab_size)
     n_params = model.num_parameters()
     ids = probe_batch(config.block_size, min(len(tokenizer), config.vocab_size))
@@ -353,4 +359,4 @@ def export_gpt2(model_id: str | os.PathLike, out_dir: str | os.PathLike, overwri
     return out_dir
 
 
-__all__ = ["convert_gpt2", "export_gpt2", "to_gpt2_state_dict"]
+__all__ = ["convert_gpt2", "export_gpt2", "gpt2_as_nanogpt", "to_gpt2_state_dict"]

@@ -124,6 +124,14 @@ def check_state_dict(state_dict: dict, config: NanoGPTConfig, path: Path) -> dic
     return state_dict
 
 
+def read_nanogpt(src: str | os.PathLike) -> tuple[Path, dict, NanoGPTConfig, dict]:
+    """A ckpt.pt or out_dir -> (checkpoint path, checkpoint dict, config, checked state dict)."""
+    ckpt_path = find_checkpoint(src)
+    ckpt = load_checkpoint(ckpt_path)
+    config = config_from_model_args(ckpt["model_args"], ckpt_path)
+    return ckpt_path, ckpt, config, check_state_dict(clean_state_dict(ckpt["model"]), config, ckpt_path)
+
+
 def model_from_state_dict(state_dict: dict, config: NanoGPTConfig) -> NanoGPTForCausalLM:
     """Build the model around the checkpoint's own tensors (no copy: memory stays near one model)."""
     with torch.device("meta"):
@@ -194,11 +202,8 @@ def convert_nanogpt(
     The folder is written beside `out_dir`, reloaded and checked against the source weights (logits
     within 1e-5), and only then renamed into place: on any failure nothing is written.
     """
-    ckpt_path = find_checkpoint(src)
     out_dir = require_writable_output(out_dir, overwrite)
-    ckpt = load_checkpoint(ckpt_path)
-    config = config_from_model_args(ckpt["model_args"], ckpt_path)
-    state_dict = check_state_dict(clean_state_dict(ckpt["model"]), config, ckpt_path)
+    ckpt_path, ckpt, config, state_dict = read_nanogpt(src)
     tok, tok_desc = resolve_tokenizer(ckpt_path, ckpt, tokenizer, meta)
 
     n_tok = len(tok)

@@ -7,6 +7,8 @@
     hf-nanogpt export nanogpt MODEL OUT_DIR [--dataset NAME] [--overwrite]
     hf-nanogpt convert gpt2 SRC OUT [--overwrite]          (SRC: a GPT2LMHeadModel folder or Hub id)
     hf-nanogpt export gpt2 MODEL OUT [--overwrite]
+    hf-nanogpt prepare INPUT OUT_DIR --tokenizer char|gpt2|PATH
+    hf-nanogpt train [CONFIG] [--name value ...]          (also: accelerate launch -m hf_nanogpt.train ...)
 
 MODEL is a model folder or a Hub repo id. Each subcommand is a function `cmd_<name>(args)` with its
 options declared in `build_parser`; the library functions they call are documented in the README.
@@ -112,6 +114,14 @@ def cmd_export_gpt2(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data import prepare
+
+    prepare(args.input, args.out_dir, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
+            text_column=args.text_column, overwrite=args.overwrite)
+    return 0
+
+
 def add_model_loading_options(parser: argparse.ArgumentParser, dtype_default: str = "auto") -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=dtype_default, choices=["auto", "float32", "bfloat16", "float16"])
@@ -192,6 +202,27 @@ def build_parser() -> argparse.ArgumentParser:
     cg.add_argument("--overwrite", action="store_true")
     cg.set_defaults(func=cmd_convert_gpt2)
 
+    prep = sub.add_parser(
+        "prepare",
+        help="tokenize text into nanoGPT's data layout (train.bin, val.bin, meta.pkl)",
+        description="Write OUT_DIR/train.bin and val.bin (uint16 ids, uint32 past 65,536 tokens) and, for char "
+        "level, meta.pkl, as nanoGPT's prepare.py scripts do: the first 90%% of the text trains, the rest validates.",
+    )
+    prep.add_argument("input", metavar="INPUT", help="a text file, a folder of text files, or a `datasets` data set")
+    prep.add_argument("out_dir", metavar="OUT_DIR")
+    prep.add_argument("--tokenizer", default="char", help="char | gpt2 | a tokenizer folder or meta.pkl (default: char)")
+    prep.add_argument("--val_fraction", "--val-fraction", type=float, default=0.1)
+    prep.add_argument("--text_column", "--text-column", default="text", help="column of a `datasets` data set")
+    prep.add_argument("--overwrite", action="store_true")
+    prep.set_defaults(func=cmd_prepare)
+
+    trn = sub.add_parser(
+        "train",
+        add_help=False,
+        help="nanoGPT's train.py on Accelerate: `hf-nanogpt train [CONFIG] [--name value ...]` (--help for options)",
+    )
+    trn.add_argument("args", nargs=argparse.REMAINDER)  # handed to hf_nanogpt.train as they are (see main)
+
     export = sub.add_parser("export", help="export hf_nanogpt model folders to other formats")
     export_sub = export.add_subparsers(dest="target", metavar="FORMAT", required=True)
     en = export_sub.add_parser(
@@ -221,9 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        if argv[:1] == ["train"]:  # its options are the TrainConfig fields, parsed by hf_nanogpt.train
+            from .train import main as train_main
+
+            return train_main(argv[1:])
+        args = parser.parse_args(argv)
         return args.func(args)
     except (ValueError, OSError) as err:
         # bad input (and transformers' OSError for a folder or repo that holds no model): say what is

@@ -66,11 +66,13 @@ def write_model_folder(
     tokenizer: PreTrainedTokenizerBase | None = None,
     generation_config: GenerationConfig | None = None,
     model_card: str | None = None,
-    extra_files: dict[str, str] | None = None,
+    extra_files: dict[str, str | bytes] | None = None,
+    state_dict: dict | None = None,
 ) -> Path:
     """Write `model` (safetensors, config, remote code), its tokenizer, generation config, model card
-    and `extra_files` (name -> text) into `folder` (not atomic: see `save_model_folder`). Special token
-    ids are copied from the tokenizer into the model config."""
+    and `extra_files` (name -> text or bytes) into `folder` (not atomic: see `save_model_folder`).
+    Special token ids are copied from the tokenizer into the model config. `state_dict` replaces the
+    model's own (a sharded model's gathered weights)."""
     folder = Path(folder)
     if tokenizer is not None:
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -78,13 +80,16 @@ def write_model_folder(
         if model.config.pad_token_id is None:
             model.config.pad_token_id = model.config.eos_token_id
     model.generation_config = generation_config or generation_config_for(model, tokenizer)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     if model_card is not None:
         (folder / "README.md").write_text(model_card, encoding="utf-8")
-    for name, text in (extra_files or {}).items():
-        (folder / name).write_text(text, encoding="utf-8")
+    for name, content in (extra_files or {}).items():
+        if isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            (folder / name).write_text(content, encoding="utf-8")
     return folder
 
 

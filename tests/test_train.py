@@ -1,0 +1,356 @@
+"""The Accelerate trainer: schedule, config, data, checkpoints, resume, faults, and two processes."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, get_cosine_with_min_lr_schedule_with_warmup, pipeline
+
+from conftest import FIXTURES, NANOGPT_FIXTURES
+from hf_nanogpt.data import TokenData, prepare
+from hf_nanogpt.train import TrainConfig, get_lr, latest_checkpoint, load_config_file, parse_args, train
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory) -> Path:
+    """100,000 characters of Shakespeare, prepared with nanoGPT's shakespeare_char vocabulary."""
+    out = tmp_path_factory.mktemp("data") / "shakespeare_char"
+    prepare(FIXTURES / "shakespeare_char" / "input_head.txt", out, tokenizer=str(NANOGPT_FIXTURES / "A_char_nobias" / "meta.pkl"))
+    return out
+
+
+def tiny(char_data: Path, out_dir: Path, **overrides) -> TrainConfig:
+    """A small, fast run of the shakespeare_char_cpu recipe."""
+    values = dict(load_config_file("shakespeare_char_cpu"))
+    values.update(out_dir=str(out_dir), data_dir=str(char_data), n_layer=2, n_head=2, n_embd=32, block_size=32,
+                  batch_size=4, max_iters=30, lr_decay_iters=30, warmup_iters=5, eval_interval=10, eval_iters=4,
+                  log_interval=1, log_with="none", learning_rate=3e-3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def as_args(cfg: TrainConfig) -> list[str]:
+    return [f"--{k}={v}" for k, v in vars(cfg).items() if v is not None]
+
+
+def read_log(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def step_losses(out_dir: Path) -> dict[int, float]:
+    return {r["iter"]: r["loss"] for r in read_log(out_dir) if "loss" in r}
+
+
+# -- the schedule -------------------------------------------------------------------------------------
+
+
+def nanogpt_get_lr(it, learning_rate=6e-4, warmup_iters=20, lr_decay_iters=100, min_lr=6e-5):
+    """nanoGPT's train.py get_lr, as written there."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+def test_lr_schedule_is_nanogpts_and_where_transformers_differs():
+    cfg = TrainConfig(learning_rate=6e-4, warmup_iters=20, lr_decay_iters=100, min_lr=6e-5)
+    ours = [get_lr(it, cfg) for it in range(150)]
+    assert ours == pytest.approx([nanogpt_get_lr(it) for it in range(150)], rel=1e-12)
+    # transformers' cosine-with-min-lr: the same cosine between warmup and lr_decay_iters ...
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=6e-4)
+    sched = get_cosine_with_min_lr_schedule_with_warmup(opt, 20, 100, min_lr=6e-5)
+    theirs = []
+    for _ in range(150):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert theirs[20:101] == pytest.approx(ours[20:101], rel=1e-9)
+    # ... but a warmup that starts at 0, and a curve that rises again after its last step: not nanoGPT's
+    assert theirs[0] == 0 and ours[0] == pytest.approx(6e-4 / 21)
+    assert theirs[149] > 6e-5 * 1.5 and ours[149] == 6e-5
+    assert get_lr(500, TrainConfig(decay_lr=False, learning_rate=3e-5)) == 3e-5
+
+
+# -- configuration --------------------------------------------------------------------------------------
+
+
+def test_presets_and_overrides(tmp_path):
+    cfg = parse_args(["shakespeare_char_cpu", "--max_iters=50", "--n_layer", "2", "--compile=False"])
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.batch_size) == (2, 4, 128, 64, 12)
+    assert (cfg.max_iters, cfg.eval_iters, cfg.dropout, cfg.device, cfg.compile) == (50, 20, 0.0, "cpu", False)
+    for preset in ("shakespeare_char", "finetune_shakespeare", "gpt2_124m"):
+        assert parse_args([preset]).out_dir
+    assert parse_args(["finetune_shakespeare"]).init_from == "gpt2-xl"
+    (tmp_path / "c.yaml").write_text("n_layer: 3\nlearning_rate: 1.0e-4\n")
+    (tmp_path / "c.json").write_text(json.dumps({"n_layer": 5, "bias": True}))
+    assert parse_args([str(tmp_path / "c.yaml"), "--n_head=3"]).n_layer == 3
+    assert parse_args([str(tmp_path / "c.json")]).bias is True
+    (tmp_path / "bad.yaml").write_text("n_layers: 3\n")
+    with pytest.raises(ValueError, match=r"unknown settings \['n_layers'\]"):
+        parse_args([str(tmp_path / "bad.yaml")])
+    with pytest.raises(FileNotFoundError, match="presets"):
+        parse_args(["no_such_preset"])
+
+
+# -- data -----------------------------------------------------------------------------------------------
+
+
+def test_prepare_char_matches_nanogpt_ids(char_data):
+    data = TokenData(char_data)
+    head = np.fromfile(FIXTURES / "shakespeare_char" / "train_head.bin", dtype=np.uint16)
+    assert data.dtype == np.uint16 and data.vocab_size == 78
+    assert np.array_equal(np.asarray(data.splits["train"]), head[:90_000])  # prepare.py: first 90% trains
+    assert len(data.splits["val"]) == 10_000
+
+
+def test_prepare_gpt2_folder_and_datasets(tmp_path):
+    (tmp_path / "docs").mkdir()
+    for i in range(10):
+        (tmp_path / "docs" / f"{i}.txt").write_text(f"Document {i}: hello world. " * 20)
+    info = prepare(tmp_path / "docs", tmp_path / "bpe", tokenizer="gpt2")
+    data = TokenData(tmp_path / "bpe")
+    ids = np.asarray(data.splits["train"]).tolist()
+    assert info["train"] + info["val"] == len(ids) + len(data.splits["val"])
+    assert ids[:4] == [24941, 657, 25, 23748] and ids.count(50256) == 9  # <|endoftext|> after each document
+    assert not (tmp_path / "bpe" / "meta.pkl").exists()
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": ["first row " * 30, "second row " * 30, "third " * 30]}).save_to_disk(str(tmp_path / "ds"))
+    prepare(tmp_path / "ds", tmp_path / "from_ds", tokenizer="char")
+    assert TokenData(tmp_path / "from_ds").vocab_size == len(set("first row second row third "))
+
+
+def test_prepare_uint32_for_large_vocabularies(tmp_path):
+    codepoints = [c for c in range(0x100, 0x100 + 75_000) if not 0xD800 <= c <= 0xDFFF][:70_000]  # no surrogates
+    text = "".join(map(chr, codepoints))
+    (tmp_path / "wide.txt").write_text(text * 2, encoding="utf-8")
+    info = prepare(tmp_path / "wide.txt", tmp_path / "wide", tokenizer="char")
+    assert info["dtype"] == "uint32" and info["vocab_size"] == 70_000
+    data = TokenData(tmp_path / "wide")
+    assert data.dtype == np.uint32 and int(np.asarray(data.splits["train"]).max()) == 69_999
+
+
+# -- training -------------------------------------------------------------------------------------------
+
+
+def test_training_run_writes_a_usable_model(char_data, tmp_path):
+    cfg = tiny(char_data, tmp_path / "out", always_save_checkpoint=True, log_with="tensorboard")
+    result = train(cfg)
+    history = result["history"]
+    assert [h["iter"] for h in history] == [0, 10, 20, 30]
+    assert history[-1]["val"] < history[0]["val"] - 0.5
+    out = tmp_path / "out"
+    names = set(os.listdir(out))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md", "loss.png",
+            "modeling_nanogpt.py", "log.jsonl", "checkpoints"} <= names
+    assert list((out / "logs").rglob("events.out.tfevents*"))  # tensorboard tracker
+    card = (out / "README.md").read_text()
+    assert "| 30 |" in card and "loss.png" in card and "shakespeare_char" in card
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert (model.config.n_layer, model.config.block_size, model.config.vocab_size) == (2, 32, 78)
+    text = pipeline("text-generation", model=str(out))("ROMEO:", max_new_tokens=10)[0]["generated_text"]
+    assert text.startswith("ROMEO:")
+    logged = step_losses(out)
+    assert sorted(logged) == list(range(31)) and all(math.isfinite(v) for v in logged.values())
+    assert latest_checkpoint(out).name == "iter_0000030"
+
+
+def test_only_improving_checkpoints_and_keep(char_data, tmp_path):
+    cfg = tiny(char_data, tmp_path / "out", always_save_checkpoint=False, keep_checkpoints=2, max_iters=30)
+    train(cfg)
+    kept = sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("iter_*"))
+    assert kept == ["iter_0000020", "iter_0000030"]
+
+
+def test_gradient_accumulation_scales_the_loss(char_data, tmp_path):
+    """G micro-batches of b equal one batch of G*b: same windows, same update (float tolerance)."""
+    train(tiny(char_data, tmp_path / "a", batch_size=8, gradient_accumulation_steps=1, max_iters=8))
+    train(tiny(char_data, tmp_path / "b", batch_size=4, gradient_accumulation_steps=2, max_iters=8))
+    la, lb = step_losses(tmp_path / "a"), step_losses(tmp_path / "b")
+    assert sorted(la) == sorted(lb) == list(range(9))
+    for it in la:  # the generator draws 8 windows at once or 4 twice: the same windows, in the same order
+        assert la[it] == pytest.approx(lb[it], rel=1e-4)
+    assert la[8] < la[0]  # and it trains
+
+
+def test_init_from_gpt2_folder_nanogpt_checkpoint_and_block_crop(char_data, tmp_path):
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=64, vocab_size=96)).save_pretrained(tmp_path / "gpt2")
+    result = train(tiny(char_data, tmp_path / "g", init_from=str(tmp_path / "gpt2"), max_iters=3, block_size=32))
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "g").config.activation_function == "gelu_new"
+    assert result["iter_num"] == 4
+    train(tiny(char_data, tmp_path / "n", init_from=str(NANOGPT_FIXTURES / "A_char_nobias"), max_iters=3, block_size=32, dropout=0.1))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "n")
+    assert (model.config.block_size, model.config.n_embd, model.config.dropout) == (32, 64, 0.1)  # cropped from 64
+    train(tiny(char_data, tmp_path / "f", init_from=str(tmp_path / "n"), max_iters=2))  # a model folder
+    assert (tmp_path / "f" / "model.safetensors").exists()
+
+
+def test_bad_input_fails_before_any_work(char_data, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing \['train.bin', 'val.bin'\].*hf-nanogpt prepare"):
+        train(tiny(char_data, tmp_path / "o1", data_dir=str(tmp_path / "nodata")))
+    train(tiny(char_data, tmp_path / "small", max_iters=1))
+    with pytest.raises(ValueError, match="block_size 64 is larger than the model's 32"):
+        train(tiny(char_data, tmp_path / "o2", init_from=str(tmp_path / "small"), block_size=64))
+    with pytest.raises(ValueError, match="init_from='nonsense' is neither"):
+        train(tiny(char_data, tmp_path / "o3", init_from="nonsense"))
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        train(tiny(char_data, tmp_path / "o4", init_from="resume"))
+    with pytest.raises(ValueError, match="batch_size=0"):
+        train(tiny(char_data, tmp_path / "o5", batch_size=0))
+    assert sorted(os.listdir(tmp_path)) == ["small"]  # nothing was created for the failed runs
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(char_data, tmp_path, monkeypatch):
+    from hf_nanogpt import NanoGPTForCausalLM
+
+    forward = NanoGPTForCausalLM.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 15:  # training steps after iteration 15 go bad
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(NanoGPTForCausalLM, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match="loss became nan at iter 15"):
+        train(tiny(char_data, tmp_path / "out", always_save_checkpoint=True))
+    ckpt = latest_checkpoint(tmp_path / "out")
+    assert ckpt.name == "iter_0000010"
+    weights = AutoModelForCausalLM.from_pretrained(tmp_path / "out").transformer.wte.weight
+    assert torch.isfinite(weights).all()
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint(char_data, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    save_state = Accelerator.save_state
+    saves = {"n": 0}
+
+    def dies_on_second_save(self, output_dir=None, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            Path(output_dir, "optimizer.bin").write_bytes(b"half")  # a partial write, then the kill
+            raise KeyboardInterrupt("killed during save")
+        return save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", dies_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(char_data, tmp_path / "out", always_save_checkpoint=True))
+    monkeypatch.undo()
+    assert latest_checkpoint(tmp_path / "out").name == "iter_0000010"
+    result = train(tiny(char_data, tmp_path / "out", init_from="resume"))
+    assert result["iter_num"] == 31
+
+
+def run_trainer(cfg: TrainConfig, extra_env=None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    return subprocess.Popen([sys.executable, "-m", "hf_nanogpt.train", *as_args(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(out_dir: Path, proc: subprocess.Popen, at_least: int, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ckpt = latest_checkpoint(out_dir) if (out_dir / "checkpoints").exists() else None
+        if ckpt is not None and int(ckpt.name.split("_")[1]) >= at_least:
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError("no checkpoint appeared")
+
+
+def test_sigkill_then_resume_is_bit_exact(char_data, tmp_path):
+    """A run killed with SIGKILL part way and resumed ends with the same loss as an uninterrupted one.
+    Dropout is on, so the restored random state matters too."""
+    kwargs = dict(max_iters=60, lr_decay_iters=60, eval_interval=10, always_save_checkpoint=True, dropout=0.1)
+    full = tiny(char_data, tmp_path / "full", **kwargs)
+    assert run_trainer(full).wait(timeout=300) == 0
+    cut = tiny(char_data, tmp_path / "cut", **kwargs)
+    proc = run_trainer(cut)
+    wait_for_checkpoint(tmp_path / "cut", proc, at_least=20)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = max(step_losses(tmp_path / "cut"))
+    assert killed_at < 60
+    resumed = run_trainer(tiny(char_data, tmp_path / "cut", init_from="resume", **kwargs))
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    a, b = step_losses(tmp_path / "full"), step_losses(tmp_path / "cut")
+    assert a[60] == b[60]  # bit-exact
+    assert all(a[it] == b[it] for it in a)
+    assert [r for r in read_log(tmp_path / "full") if "val_loss" in r][-1]["val_loss"] == [
+        r for r in read_log(tmp_path / "cut") if "val_loss" in r][-1]["val_loss"]
+
+
+def test_sigterm_saves_and_exits_cleanly(char_data, tmp_path):
+    cfg = tiny(char_data, tmp_path / "out", max_iters=100000, lr_decay_iters=100000, eval_interval=1000, always_save_checkpoint=True)
+    proc = run_trainer(cfg)
+    deadline = time.time() + 240
+    while not (tmp_path / "out" / "log.jsonl").exists() or len(step_losses(tmp_path / "out")) < 5:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "SIGTERM: saved a checkpoint at iter" in output
+    ckpt = latest_checkpoint(tmp_path / "out")
+    stopped_at = json.loads((ckpt / "trainer_state.json").read_text())["iter_num"]
+    assert stopped_at == max(step_losses(tmp_path / "out")) + 1
+    result = train(tiny(char_data, tmp_path / "out", init_from="resume", max_iters=stopped_at + 3, lr_decay_iters=100000, eval_interval=1000))
+    assert result["iter_num"] == stopped_at + 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_follow_one_process_with_twice_the_batch(char_data, tmp_path):
+    """Two gloo CPU processes under accelerate launch: per-process batch b, 2 processes == 1 process, batch 2b.
+    (accelerate 1.15's `--cpu` starts one process unless given an MPI hostfile; `--multi_gpu` on a machine
+    without GPUs starts torchrun's processes, which Accelerate runs on the CPU with gloo.)"""
+    one = tiny(char_data, tmp_path / "one", batch_size=8, gradient_accumulation_steps=1, max_iters=20, eval_interval=10,
+               always_save_checkpoint=True)
+    two = tiny(char_data, tmp_path / "two", batch_size=4, gradient_accumulation_steps=2, max_iters=20, eval_interval=10,
+               always_save_checkpoint=True)
+    assert run_trainer(one).wait(timeout=300) == 0
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+              "-m", "hf_nanogpt.train", *as_args(two)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("tokens per iteration will be: 256 (2 process(es)") == 1  # only the main process logs
+    a, b = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(21))  # one line per step: written once
+    for it in a:
+        assert b[it] == pytest.approx(a[it], rel=1e-4), it
+    evals_a = [r["val_loss"] for r in read_log(tmp_path / "one") if "val_loss" in r]
+    evals_b = [r["val_loss"] for r in read_log(tmp_path / "two") if "val_loss" in r]
+    assert evals_b == pytest.approx(evals_a, rel=1e-4)
+    checkpoints = tmp_path / "two" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("iter_*")) == ["iter_0000020"]
+    assert not list(checkpoints.glob(".*tmp"))
+    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors", "optimizer.bin"} <= set(os.listdir(checkpoints / "iter_0000020"))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "two")
+    assert model.lm_head.weight is model.transformer.wte.weight
