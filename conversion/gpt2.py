@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
 
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
-from hf_nanogpt.conversion.common import ConversionError, check_logits, probe_batch, require_writable_output
+from hf_nanogpt.conversion.common import GPT2_HUB_IDS, ConversionError, check_logits, probe_batch, require_writable_output
 from hf_nanogpt.model_card import render_model_card, table
 from hf_nanogpt.saving import atomic_output_dir, generation_config_for, write_model_folder
 from hf_nanogpt.tokenization import gpt2_tokenizer, has_gpt2_files
@@ -264,7 +264,8 @@ def convert_gpt2(src: str | os.PathLike, out_dir: str | os.PathLike, overwrite: 
 
 
 def gpt2_model_card(src: str, config: NanoGPTConfig, tok_desc: str, name: str, n_params: int) -> str:
-    base = src if not Path(src).exists() else None  # a Hub id names the base model; a local path does not
+    # a Hub id names the base model (legacy names as their current ids); a local path does not
+    base = GPT2_HUB_IDS.get(src, src) if not Path(src).exists() else None
     details = [
         {"field": "source", "value": f"`{src}` (GPT2LMHeadModel)"},
         {"field": "shape", "value": f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd} dims, context {config.block_size}"},

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
-from hf_nanogpt.conversion.common import ConversionError, check_logits, probe_batch, require_writable_output
+from hf_nanogpt.conversion.common import GPT2_HUB_IDS, ConversionError, check_logits, probe_batch, require_writable_output
 from hf_nanogpt.model_card import render_model_card, table
 from hf_nanogpt.saving import atomic_output_dir, write_model_folder
 from hf_nanogpt.tokenization import char_tokenizer, char_vocab, gpt2_tokenizer, load_tokenizer, read_meta_pkl, write_meta_pkl
@@ -33,6 +33,13 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 # keys that are not weights: the causal-mask buffers of older nanoGPT (and GPT-2 style) attention
 DROPPED_KEYS = re.compile(r"\.attn\.(bias|masked_bias)$")
 METADATA_FILE = "nanogpt.json"  # iter_num, best_val_loss and the training config of the source checkpoint
+# nanoGPT's data/<dataset> -> the Hub dataset with that text (model cards list Hub ids as datasets);
+# shakespeare*/prepare.py download the same tiny Shakespeare, openwebtext/prepare.py loads openwebtext
+HUB_DATASETS = {
+    "shakespeare_char": "karpathy/tiny_shakespeare",
+    "shakespeare": "karpathy/tiny_shakespeare",
+    "openwebtext": "Skylion007/openwebtext",
+}
 
 CheckpointError = ConversionError  # the name nanoGPT users will look for
 
@@ -255,6 +262,7 @@ def nanogpt_model_card(info: dict, config: NanoGPTConfig, tok_desc: str, name: s
     best = info.get("best_val_loss")
     details = [
         {"field": "source checkpoint", "value": f"`{Path(info['source']).name}` (nanoGPT)"},
+        {"field": "initialised from (init_from)", "value": train_config.get("init_from") or "unknown"},
         {"field": "iterations trained (iter_num)", "value": info.get("iter_num")},
         {"field": "best validation loss", "value": f"{best:.4f}" if best is not None else "unknown"},
         {"field": "dataset", "value": dataset or "unknown"},
@@ -275,7 +283,8 @@ def nanogpt_model_card(info: dict, config: NanoGPTConfig, tok_desc: str, name: s
         ),
         sections={"Source": table(details, ["field", "value"]), "Training settings": training or "unknown"},
         model_ref=name,
-        datasets=[dataset] if dataset else None,
+        base_model=GPT2_HUB_IDS.get(train_config.get("init_from")),  # fine-tuned from GPT-2; else from scratch or unknown
+        datasets=[HUB_DATASETS[dataset]] if dataset in HUB_DATASETS else None,
     )
 
 

@@ -4,11 +4,13 @@
     hf-nanogpt generate MODEL --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--greedy]
     hf-nanogpt sample MODEL [--start TEXT|FILE:path] [--num_samples 10] [--max_new_tokens 500] ...
     hf-nanogpt convert nanogpt SRC OUT [--meta meta.pkl | --tokenizer gpt2|DIR] [--crop-vocab] [--overwrite]
+                               [--push-to-hub REPO_ID [--private]]
     hf-nanogpt export nanogpt MODEL OUT_DIR [--dataset NAME] [--overwrite]
-    hf-nanogpt convert gpt2 SRC OUT [--overwrite]          (SRC: a GPT2LMHeadModel folder or Hub id)
+    hf-nanogpt convert gpt2 SRC OUT [--overwrite] [--push-to-hub REPO_ID [--private]]   (SRC: folder or Hub id)
     hf-nanogpt export gpt2 MODEL OUT [--overwrite]
     hf-nanogpt prepare INPUT OUT_DIR --tokenizer char|gpt2|PATH
     hf-nanogpt train [CONFIG] [--name value ...]          (also: accelerate launch -m hf_nanogpt.train ...)
+    hf-nanogpt push MODEL REPO_ID [--private] [--revision BRANCH] [--commit-message M] [--token T]
 
 MODEL is a model folder or a Hub repo id. Each subcommand is a function `cmd_<name>(args)` with its
 options declared in `build_parser`; the library functions they call are documented in the README.
@@ -90,6 +92,7 @@ def cmd_convert_nanogpt(args: argparse.Namespace) -> int:
     from .conversion.nanogpt import convert_nanogpt
 
     convert_nanogpt(args.src, args.out, tokenizer=args.tokenizer, meta=args.meta, crop_vocab=args.crop_vocab, overwrite=args.overwrite)
+    push_if_requested(args, args.out)
     return 0
 
 
@@ -104,6 +107,7 @@ def cmd_convert_gpt2(args: argparse.Namespace) -> int:
     from .conversion.gpt2 import convert_gpt2
 
     convert_gpt2(args.src, args.out, overwrite=args.overwrite)
+    push_if_requested(args, args.out)
     return 0
 
 
@@ -122,6 +126,29 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    push_to_hub(args.model, args.repo_id, private=args.private, revision=args.revision,
+                commit_message=args.commit_message, token=args.token)
+    return 0
+
+
+def add_push_to_hub_options(parser: argparse.ArgumentParser) -> None:
+    """--push-to-hub for commands that write a model folder (conversions, training)."""
+    parser.add_argument("--push-to-hub", "--push_to_hub", metavar="REPO_ID", default=None,
+                        help="publish the written folder as this Hub repo (token: HF_TOKEN or `hf auth login`)")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+
+
+def push_if_requested(args: argparse.Namespace, folder) -> None:
+    """After a verified write: publish `folder` when --push-to-hub was given."""
+    if args.push_to_hub:
+        from .hub import push_to_hub
+
+        push_to_hub(folder, args.push_to_hub, private=args.private)
+
+
 def add_model_loading_options(parser: argparse.ArgumentParser, dtype_default: str = "auto") -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=dtype_default, choices=["auto", "float32", "bfloat16", "float16"])
@@ -132,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-nanogpt",
         description="nanoGPT models in the Hugging Face ecosystem: generate and sample text, convert nanoGPT "
-        "checkpoints to Hugging Face model folders and back.",
+        "checkpoints to Hugging Face model folders and back, publish them on the Hub.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -188,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     cn.add_argument("--tokenizer", default=None, help="'gpt2', or a folder with a saved tokenizer or GPT-2 BPE files")
     cn.add_argument("--crop-vocab", "--crop_vocab", action="store_true", help="cut the padded embedding to the tokenizer's size")
     cn.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_push_to_hub_options(cn)
     cn.set_defaults(func=cmd_convert_nanogpt)
 
     cg = convert_sub.add_parser(
@@ -200,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     cg.add_argument("src", metavar="SRC", help="GPT2LMHeadModel folder, or a Hub id (needs network)")
     cg.add_argument("out", metavar="OUT")
     cg.add_argument("--overwrite", action="store_true")
+    add_push_to_hub_options(cg)
     cg.set_defaults(func=cmd_convert_gpt2)
 
     prep = sub.add_parser(
@@ -248,6 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
     eg.add_argument("--overwrite", action="store_true")
     eg.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
     eg.set_defaults(func=cmd_export_gpt2)
+
+    push = sub.add_parser(
+        "push",
+        help="publish a model folder on the Hugging Face Hub",
+        description="Upload MODEL (a folder written by hf_nanogpt) as the Hub repo REPO_ID in one commit: weights, "
+        "config with auto_map, remote code, generation config, tokenizer, any loss.png, and a model card pointed "
+        "at REPO_ID. The token (HF_TOKEN, `hf auth login`, or --token) is checked before anything is created; "
+        "pushing an unchanged folder makes no commit.",
+    )
+    push.add_argument("model", metavar="MODEL", help="model folder")
+    push.add_argument("repo_id", metavar="REPO_ID", help="user/name or org/name")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", metavar="BRANCH", default=None, help="push to this branch (created from main if needed)")
+    push.add_argument("--commit-message", "--commit_message", default=None)
+    push.add_argument("--token", default=None, help="a write token (default: HF_TOKEN or the token `hf auth login` saved)")
+    push.set_defaults(func=cmd_push)
     return parser
 
 

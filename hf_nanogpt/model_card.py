@@ -1,6 +1,14 @@
-"""Model cards (README.md with YAML metadata) for every model folder this package writes."""
+"""Model cards (README.md with YAML metadata) for every model folder this package writes or publishes."""
+
+import ast
+import json
+import re
+from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
+
+LOSS_PLOT = "loss.png"  # a training run's loss curve, shown by the card when it sits beside it
+TAGS = ["nanogpt", "hf_nanogpt"]
 
 
 def usage_section(model_ref: str, prompt: str = "ROMEO:") -> str:
@@ -29,6 +37,10 @@ settings with `hf-nanogpt sample {model_ref}`.
 """
 
 
+def loss_plot_section(filename: str = LOSS_PLOT) -> str:
+    return f"## Training loss\n\n![training and validation loss]({filename})"
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     """A Markdown table of `rows` (dicts) in the order of `columns`."""
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
@@ -44,17 +56,20 @@ def render_model_card(
     datasets: list[str] | None = None,
     tags: list[str] | None = None,
     prompt: str = "ROMEO:",
+    loss_plot: str | None = None,
 ) -> str:
     """README.md text: YAML metadata the Hub reads, the title, a summary, `sections` (heading -> body),
-    usage, and limitations."""
+    the loss plot (an image file beside the card), usage, and limitations."""
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=["nanogpt", "hf_nanogpt", *(tags or [])],
+        tags=[*TAGS, *(tags or [])],
         base_model=base_model,
         datasets=datasets or None,
     )
     body = "\n\n".join(f"## {heading}\n\n{text.strip()}" for heading, text in sections.items())
+    if loss_plot:
+        body += "\n\n" + loss_plot_section(loss_plot)
     limitations = (
         "## Limitations\n\nA small GPT trained for a narrow purpose: expect fluent-looking but unreliable "
         "text, and the biases of its training data. Its context is `block_size` tokens; longer inputs raise "
@@ -64,4 +79,65 @@ def render_model_card(
     return str(ModelCard(content))
 
 
-__all__ = ["render_model_card", "table", "usage_section"]
+# the first lines of `usage_section`, from which the model reference and prompt of a card are read back
+USAGE_REF = re.compile(r'pipeline\("text-generation", model="(?P<ref>[^"\n]*)"\)\nprint\(generator\((?P<prompt>[^\n]*)\)\[0\]')
+
+
+def has_metadata(card_text: str) -> bool:
+    """Whether README.md text starts with a YAML metadata block the Hub can read."""
+    return card_text.startswith("---") and bool(ModelCard(card_text).data.to_dict())
+
+
+def card_for_repo(folder: str | Path, repo_id: str) -> str:
+    """The README.md to publish `folder` as `repo_id`.
+
+    A card with metadata (as this package writes) is kept, with its usage examples pointed at `repo_id`
+    instead of the local folder, the metadata the Hub needs filled in where missing, and the loss plot
+    added when the folder has one the card does not show yet. A folder with no card, or a README without
+    metadata, gets a card rendered from config.json (an existing README's text is kept in it).
+    """
+    folder = Path(folder)
+    readme = folder / "README.md"
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    plot = LOSS_PLOT if (folder / LOSS_PLOT).is_file() else None
+    if not has_metadata(text):
+        return generic_card(folder, repo_id, notes=text, loss_plot=plot)
+    match = USAGE_REF.search(text)
+    if match:
+        prompt = ast.literal_eval(match["prompt"])
+        text = text.replace(usage_section(match["ref"], prompt), usage_section(repo_id, prompt))
+    if plot and f"]({plot})" not in text:
+        # before the usage section, where render_model_card puts it; at the end of a card without one
+        usage = "\n## Usage\n"
+        section = f"\n{loss_plot_section(plot)}\n"
+        text = text.replace(usage, section + usage, 1) if usage in text else text.rstrip("\n") + "\n" + section
+    card = ModelCard(text)
+    data = card.data
+    data.library_name = data.library_name or "transformers"
+    data.pipeline_tag = data.pipeline_tag or "text-generation"
+    data.tags = [*(data.tags or []), *(t for t in TAGS if t not in (data.tags or []))]
+    return str(card)
+
+
+def generic_card(folder: Path, repo_id: str, notes: str = "", loss_plot: str | None = None) -> str:
+    """A card for a folder that came without one: what config.json says the model is."""
+    config = json.loads((folder / "config.json").read_text())
+    shape = {k: config.get(k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "activation_function")}
+    sections = {"Model": table([{"field": k, "value": v} for k, v in shape.items()], ["field", "value"])}
+    if notes.strip():
+        sections["Notes"] = notes
+    return render_model_card(
+        title=repo_id.split("/")[-1],
+        summary=(
+            f"A GPT in nanoGPT's architecture ({shape['n_layer']} layers, {shape['n_head']} heads, {shape['n_embd']} "
+            f"dimensions, context {shape['block_size']}), in Hugging Face format "
+            f"by hf_nanogpt. The folder was published without a model card, so "
+            f"how it was trained is not recorded here."
+        ),
+        sections=sections,
+        model_ref=repo_id,
+        loss_plot=loss_plot,
+    )
+
+
+__all__ = ["LOSS_PLOT", "card_for_repo", "has_metadata", "loss_plot_section", "render_model_card", "table", "usage_section"]

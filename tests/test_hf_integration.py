@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Trainer, TrainingArguments
 
-from conftest import tiny_model
+from conftest import BLOCK_HF_NANOGPT, tiny_model
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM, NanoGPTModel
 
 
@@ -73,20 +73,8 @@ def test_resaving_a_loaded_model_keeps_remote_code(saved, tmp_path):
     assert "AutoModelForCausalLM" in json.loads((tmp_path / "config.json").read_text())["auto_map"]
 
 
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = BLOCK_HF_NANOGPT + textwrap.dedent(
     """
-    import importlib.abc, sys
-    class NoHfNanogpt(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_nanogpt" or name.startswith("hf_nanogpt."):
-                raise ImportError("hf_nanogpt is blocked in this process")
-    sys.meta_path.insert(0, NoHfNanogpt())
-    try:
-        import hf_nanogpt
-        raise SystemExit("hf_nanogpt should not be importable here")
-    except ImportError:
-        pass
-
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
     folder, ids_file, out_file = sys.argv[1:4]
