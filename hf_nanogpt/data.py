@@ -59,10 +59,9 @@ class TokenData:
 
     def windows(self, split: str, starts: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """nanoGPT's get_batch for given window starts: x = ids[i : i+T], y = ids[i+1 : i+1+T]."""
-        data = self.splits[split]
-        x = torch.stack([torch.from_numpy(data[i : i + block_size].astype(np.int64)) for i in starts.tolist()])
-        y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + block_size].astype(np.int64)) for i in starts.tolist()])
-        return x, y
+        # one gather for the whole batch: rows of block_size + 1 ids, then x and y as the two overlapping views
+        rows = self.splits[split][starts.numpy()[:, None] + np.arange(block_size + 1)].astype(np.int64)
+        return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
 
 
 # ---------------------------------------------------------------------------------------------------

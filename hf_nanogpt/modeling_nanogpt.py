@@ -230,11 +230,14 @@ class NanoGPTModel(NanoGPTPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        if use_cache and past_key_values is None:
+        # a cache serves decoding; in training it would only copy every key and value (config.use_cache
+        # is True by default, so it must not decide alone)
+        if use_cache and past_key_values is None and not self.training:
             past_key_values = DynamicCache(config=self.config)
 
         t = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        given_position_ids = position_ids
         if position_ids is None:
             device = input_ids.device if input_ids is not None else inputs_embeds.device
             position_ids = (torch.arange(t, device=device) + past_length).unsqueeze(0)  # (1, t)
@@ -251,7 +254,9 @@ class NanoGPTModel(NanoGPTPreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             past_key_values=past_key_values,
-            position_ids=position_ids,
+            # only position ids the caller gave can describe packed sequences; our own arange never does,
+            # and leaving it out spares the mask code its packed-sequence scan on every step
+            position_ids=given_position_ids,
         )
         for block in self.h:
             hidden_states = block(hidden_states, attention_mask=causal_mask, past_key_values=past_key_values, **kwargs)

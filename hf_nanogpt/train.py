@@ -98,7 +98,7 @@ class TrainConfig:
     min_lr: float = 6e-5
     # system
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda (Accelerate places each process)"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16/fp16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16"})
+    dtype: str = field(default="auto", metadata={"help": "auto (CUDA: bf16, else fp16; CPU: bf16 with AVX512-BF16/AMX, else float32) | float32 | bfloat16 | float16"})
     compile: bool = True
     seed: int = 1337
     # logging
@@ -282,14 +282,30 @@ def crop_block_size(model, block_size: int) -> None:
         model.config.block_size = block_size
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run natively (2x and more on GPT-2 shapes, BENCHMARKS.md)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def auto_dtype(cuda: bool) -> str:
+    """nanoGPT's choice on CUDA (bf16 where supported, else fp16); on the CPU bf16 autocast where the
+    processor has native bf16, else float32."""
+    if cuda:
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
 def configure_optimizer(model, cfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
-    """nanoGPT's configure_optimizers: weight decay on 2-D tensors (matmuls, embeddings) only; fused on CUDA."""
+    """nanoGPT's configure_optimizers: weight decay on 2-D tensors (matmuls, embeddings) only. Fused on
+    CUDA as in nanoGPT, and on the CPU too, where torch has had a fused kernel since 2.4: 5-8x faster than
+    the default there (BENCHMARKS.md)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    extra = {"fused": True} if device_type == "cuda" else {}
+    extra = {"fused": True} if device_type in ("cuda", "cpu") else {}
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **extra)
 
 
@@ -308,22 +324,22 @@ def flops_per_token(model, block_size: int) -> float:
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40": 181e12, "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
 
 
-def default_peak_flops(device: torch.device) -> tuple[float, str]:
+def default_peak_flops(device: torch.device, dtype: str = "float32") -> tuple[float, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, peak in GPU_PEAK_FLOPS.items():
             if key in name:
                 return peak, f"{name} bf16 peak"
         return 312e12, f"{name}: unknown, A100 bf16 peak assumed"
-    # CPUs vary too much for a table: measure a float32 matmul on this machine
+    # CPUs vary too much for a table: measure a matmul in the training dtype on this machine
     gen = torch.Generator().manual_seed(0)  # its own: the global generator belongs to dropout and must not move
-    a, b = torch.randn(1024, 1024, generator=gen), torch.randn(1024, 1024, generator=gen)
+    a, b = (torch.randn(1024, 1024, generator=gen).to(getattr(torch, dtype)) for _ in range(2))
     best = float("inf")
     for _ in range(5):
         t = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
-    return 2 * 1024**3 / best, "float32 matmul measured on this CPU"
+    return 2 * 1024**3 / best, f"{dtype} matmul measured on this CPU"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -468,6 +484,7 @@ class Preemption:
 def train(cfg: TrainConfig) -> dict:
     """Run training as `cfg` says; returns {"iter_num", "best_val_loss", "history", "out_dir", "stopped"}."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
     from safetensors.torch import load_file
 
@@ -487,11 +504,15 @@ def train(cfg: TrainConfig) -> dict:
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda, but no CUDA device is available.")
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float16" if cuda else "float32")
+    dtype = cfg.dtype if cfg.dtype != "auto" else auto_dtype(cuda)
     precision = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}.get(dtype)
     if precision is None:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}.")
     trackers = _trackers(cfg)
+    # one process may run train() more than once (notebooks, tests): Accelerate keeps a process-wide state
+    # that refuses a second mixed-precision setting, so start from a fresh one (the process group stays)
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(
         cpu=not cuda,
         mixed_precision=precision,
@@ -558,11 +579,11 @@ def train(cfg: TrainConfig) -> dict:
 
     tokens_per_iter = grad_accum * world * cfg.batch_size * cfg.block_size
     flops_per_iter = flops_per_token(raw_model, cfg.block_size) * tokens_per_iter / world  # per device
-    peak, peak_source = (cfg.peak_flops, "--peak_flops") if cfg.peak_flops > 0 else default_peak_flops(accelerator.device)
+    peak, peak_source = (cfg.peak_flops, "--peak_flops") if cfg.peak_flops > 0 else default_peak_flops(accelerator.device, dtype)
     if main:
         print(f"tokens per iteration will be: {tokens_per_iter:,} ({world} process(es) x {grad_accum} micro-steps x "
               f"{cfg.batch_size} x {cfg.block_size}); {raw_model.num_parameters() / 1e6:.2f}M parameters; "
-              f"{accelerator.device}, {dtype}; MFU against {peak / 1e12:.1f} TFLOP/s ({peak_source})")
+              f"{accelerator.device} ({accelerator.distributed_type.value}), {dtype}; MFU against {peak / 1e12:.1f} TFLOP/s ({peak_source})")
     if trackers:
         # tensorboard writes to out_dir/<project>: "logs" there, the wandb project name for wandb
         accelerator.init_trackers(cfg.wandb_project if "wandb" in trackers else "logs", config=dataclasses.asdict(cfg),

@@ -36,7 +36,7 @@ def tiny(char_data: Path, out_dir: Path, **overrides) -> TrainConfig:
     values = dict(load_config_file("shakespeare_char_cpu"))
     values.update(out_dir=str(out_dir), data_dir=str(char_data), n_layer=2, n_head=2, n_embd=32, block_size=32,
                   batch_size=4, max_iters=30, lr_decay_iters=30, warmup_iters=5, eval_interval=10, eval_iters=4,
-                  log_interval=1, log_with="none", learning_rate=3e-3)
+                  log_interval=1, log_with="none", learning_rate=3e-3, dtype="float32")
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -87,6 +87,12 @@ def test_lr_schedule_is_nanogpts_and_where_transformers_differs():
 
 
 # -- configuration --------------------------------------------------------------------------------------
+
+
+def test_auto_dtype():
+    from hf_nanogpt.train import auto_dtype, cpu_has_native_bf16
+
+    assert auto_dtype(cuda=False) == ("bfloat16" if cpu_has_native_bf16() else "float32")
 
 
 def test_presets_and_overrides(tmp_path):
@@ -148,7 +154,7 @@ def test_prepare_uint32_for_large_vocabularies(tmp_path):
 
 
 def test_training_run_writes_a_usable_model(char_data, tmp_path):
-    cfg = tiny(char_data, tmp_path / "out", always_save_checkpoint=True, log_with="tensorboard")
+    cfg = tiny(char_data, tmp_path / "out", always_save_checkpoint=True, log_with="tensorboard", dtype="auto")
     result = train(cfg)
     history = result["history"]
     assert [h["iter"] for h in history] == [0, 10, 20, 30]
@@ -334,13 +340,14 @@ def test_two_processes_follow_one_process_with_twice_the_batch(char_data, tmp_pa
     two = tiny(char_data, tmp_path / "two", batch_size=4, gradient_accumulation_steps=2, max_iters=20, eval_interval=10,
                always_save_checkpoint=True)
     assert run_trainer(one).wait(timeout=300) == 0
-    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+    config = Path(__file__).parents[1] / "configs" / "accelerate" / "cpu_2proc.yaml"  # the shipped one
+    launch = [str(BIN / "accelerate"), "launch", "--config_file", str(config), "--main_process_port", str(free_port()),
               "-m", "hf_nanogpt.train", *as_args(two)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("tokens per iteration will be: 256 (2 process(es)") == 1  # only the main process logs
+    assert "(MULTI_CPU)" in result.stdout
     a, b = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
     assert sorted(a) == sorted(b) == list(range(21))  # one line per step: written once
     for it in a:
@@ -354,3 +361,17 @@ def test_two_processes_follow_one_process_with_twice_the_batch(char_data, tmp_pa
     assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors", "optimizer.bin"} <= set(os.listdir(checkpoints / "iter_0000020"))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "two")
     assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_push_to_hub_publishes_the_model_not_the_training_state(char_data, tmp_path, monkeypatch, hub):
+    from huggingface_hub import HfApi
+
+    from conftest import WRITE_TOKEN
+
+    monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
+    train(tiny(char_data, tmp_path / "out", max_iters=10, push_to_hub="alice/trained-tiny", always_save_checkpoint=True))
+    files = set(HfApi(token=WRITE_TOKEN).list_repo_files("alice/trained-tiny"))
+    assert {"model.safetensors", "config.json", "modeling_nanogpt.py", "tokenizer.json", "README.md", "loss.png"} <= files
+    assert not any(f.startswith(("checkpoints/", "logs/")) or f == "log.jsonl" for f in files)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| 10 |" in card
