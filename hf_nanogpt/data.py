@@ -94,14 +94,28 @@ def read_documents(source: str | os.PathLike, text_column: str = "text", split: 
     return list(ds[text_column]), f"data set {source} ({len(ds)} rows)"
 
 
+def text_chunks(text: str, size: int | None) -> Iterator[str]:
+    """`text` in pieces of `size` characters (all of it when size is None)."""
+    step = size or max(len(text), 1)
+    for start in range(0, len(text), step):
+        yield text[start : start + step]
+
+
 def encode_documents(documents: list[str], tokenizer, desc: str) -> Iterator[list[int]]:
-    """Token ids per document, with a progress bar; GPT-2 style data gets <|endoftext|> after each
-    document when there are several (as nanoGPT's openwebtext/prepare.py)."""
+    """Token ids per piece of text, with a progress bar in characters; GPT-2 style data gets
+    <|endoftext|> after each document when there are several (as nanoGPT's openwebtext/prepare.py).
+    Char-level text is encoded in 1M-character pieces (cutting anywhere is exact there); a BPE document is
+    encoded whole, since a cut could fall inside what BPE merges."""
     eot = tokenizer.convert_tokens_to_ids(GPT2_EOS) if GPT2_EOS in tokenizer.get_vocab() else None
     backend = tokenizer.backend_tokenizer
-    for doc in tqdm(documents, desc=desc, unit="doc", disable=len(documents) < 2):
-        ids = backend.encode(doc, add_special_tokens=False).ids
-        yield ids + [eot] if eot is not None and len(documents) > 1 else ids
+    piece = 1 << 20 if char_vocab(tokenizer) is not None else None
+    with tqdm(total=sum(map(len, documents)), desc=desc, unit="char", unit_scale=True) as bar:
+        for doc in documents:
+            for chunk in text_chunks(doc, piece):
+                yield backend.encode(chunk, add_special_tokens=False).ids
+                bar.update(len(chunk))
+            if eot is not None and len(documents) > 1:
+                yield [eot]
 
 
 def write_ids(path: Path, chunks: Iterable[list[int]], dtype: np.dtype) -> int:
