@@ -1,4 +1,4 @@
-"""What every conversion shares: its error type, the output-folder rule, the logits check, GPT-2's Hub ids."""
+"""What every conversion shares: its error type, the output-folder rule, and the logits check."""
 
 import os
 from pathlib import Path
@@ -6,9 +6,6 @@ from pathlib import Path
 import torch
 
 MAX_ABS_DIFF = 1e-5  # float32 logits; scaled up when logits are large (see `logits_tolerance`)
-# OpenAI's GPT-2 sizes by the names nanoGPT's init_from and older code use -> their Hub repo ids, which
-# model cards name as base_model
-GPT2_HUB_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 
 
 class ConversionError(ValueError):

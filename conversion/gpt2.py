@@ -23,8 +23,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
 
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
-from hf_nanogpt.conversion.common import GPT2_HUB_IDS, ConversionError, check_logits, probe_batch, require_writable_output
-from hf_nanogpt.model_card import render_model_card, table
+from hf_nanogpt.conversion.common import ConversionError, check_logits, probe_batch, require_writable_output
+from hf_nanogpt.model_card import GPT2_HUB_IDS, render_model_card, table
 from hf_nanogpt.saving import atomic_output_dir, generation_config_for, write_model_folder
 from hf_nanogpt.tokenization import gpt2_tokenizer, has_gpt2_files
 

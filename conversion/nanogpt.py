@@ -21,8 +21,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
-from hf_nanogpt.conversion.common import GPT2_HUB_IDS, ConversionError, check_logits, probe_batch, require_writable_output
-from hf_nanogpt.model_card import render_model_card, table
+from hf_nanogpt.conversion.common import ConversionError, check_logits, probe_batch, require_writable_output
+from hf_nanogpt.model_card import GPT2_HUB_IDS, hub_datasets, render_model_card, table
 from hf_nanogpt.saving import atomic_output_dir, write_model_folder
 from hf_nanogpt.tokenization import char_tokenizer, char_vocab, gpt2_tokenizer, load_tokenizer, read_meta_pkl, write_meta_pkl
 
@@ -33,13 +33,6 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 # keys that are not weights: the causal-mask buffers of older nanoGPT (and GPT-2 style) attention
 DROPPED_KEYS = re.compile(r"\.attn\.(bias|masked_bias)$")
 METADATA_FILE = "nanogpt.json"  # iter_num, best_val_loss and the training config of the source checkpoint
-# nanoGPT's data/<dataset> -> the Hub dataset with that text (model cards list Hub ids as datasets);
-# shakespeare*/prepare.py download the same tiny Shakespeare, openwebtext/prepare.py loads openwebtext
-HUB_DATASETS = {
-    "shakespeare_char": "karpathy/tiny_shakespeare",
-    "shakespeare": "karpathy/tiny_shakespeare",
-    "openwebtext": "Skylion007/openwebtext",
-}
 
 CheckpointError = ConversionError  # the name nanoGPT users will look for
 
@@ -284,7 +277,7 @@ def nanogpt_model_card(info: dict, config: NanoGPTConfig, tok_desc: str, name: s
         sections={"Source": table(details, ["field", "value"]), "Training settings": training or "unknown"},
         model_ref=name,
         base_model=GPT2_HUB_IDS.get(train_config.get("init_from")),  # fine-tuned from GPT-2; else from scratch or unknown
-        datasets=[HUB_DATASETS[dataset]] if dataset in HUB_DATASETS else None,
+        datasets=hub_datasets(dataset),
     )
 
 
@@ -295,12 +288,9 @@ def nanogpt_model_card(info: dict, config: NanoGPTConfig, tok_desc: str, name: s
 def nanogpt_optimizer_state(model: NanoGPTForCausalLM, weight_decay: float, learning_rate: float, betas: tuple) -> dict:
     """A fresh AdamW state_dict grouped as nanoGPT's configure_optimizers groups parameters (2-D and up
     decayed, the rest not), so that train.py's `optimizer.load_state_dict` accepts it on resume."""
-    params = [p for _, p in model.named_parameters()]  # tied lm_head appears once, as nanoGPT's does
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas).state_dict()
+    from hf_nanogpt.train import nanogpt_param_groups
+
+    return torch.optim.AdamW(nanogpt_param_groups(model, weight_decay), lr=learning_rate, betas=betas).state_dict()
 
 
 def export_nanogpt(

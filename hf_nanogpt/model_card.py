@@ -7,6 +7,22 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+# Model cards name Hub repos in their metadata. OpenAI's GPT-2 sizes by the names nanoGPT's init_from and
+# older code use -> their Hub repo ids (base_model):
+GPT2_HUB_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
+# nanoGPT's data/<dataset> -> the Hub dataset with that text (datasets); shakespeare*/prepare.py download
+# the same tiny Shakespeare, openwebtext/prepare.py loads openwebtext
+HUB_DATASETS = {
+    "shakespeare_char": "karpathy/tiny_shakespeare",
+    "shakespeare": "karpathy/tiny_shakespeare",
+    "openwebtext": "Skylion007/openwebtext",
+}
+
+
+def hub_datasets(name: str | None) -> list[str] | None:
+    """The card's `datasets` for a nanoGPT data set name: its Hub id when there is one."""
+    return [HUB_DATASETS[name]] if name in HUB_DATASETS else None
+
 LOSS_PLOT = "loss.png"  # a training run's loss curve, shown by the card when it sits beside it
 TAGS = ["nanogpt", "hf_nanogpt"]
 

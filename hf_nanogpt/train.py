@@ -296,17 +296,21 @@ def auto_dtype(cuda: bool) -> str:
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
-def configure_optimizer(model, cfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
-    """nanoGPT's configure_optimizers: weight decay on 2-D tensors (matmuls, embeddings) only. Fused on
-    CUDA as in nanoGPT, and on the CPU too, where torch has had a fused kernel since 2.4: 5-8x faster than
-    the default there (BENCHMARKS.md)."""
+def nanogpt_param_groups(model, weight_decay: float) -> list[dict]:
+    """nanoGPT's configure_optimizers groups: weight decay on 2-D tensors (matmuls, embeddings) only, in
+    named_parameters order (the tied lm_head once), so nanoGPT's train.py accepts our optimizer state."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+
+
+def configure_optimizer(model, cfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
+    """AdamW on nanoGPT's groups. Fused on CUDA as in nanoGPT, and on the CPU too, where torch has had a
+    fused kernel since 2.4: 5-8x faster than the default there (BENCHMARKS.md)."""
     extra = {"fused": True} if device_type in ("cuda", "cpu") else {}
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **extra)
+    return torch.optim.AdamW(nanogpt_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **extra)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -438,7 +442,7 @@ def loss_plot(history: list[dict]) -> bytes | None:
 
 
 def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool) -> str:
-    from .model_card import render_model_card, table
+    from .model_card import GPT2_HUB_IDS, hub_datasets, render_model_card, table
 
     c = model.config
     rows = [{"iter": h["iter"], "train loss": f"{h['train']:.4f}", "val loss": f"{h['val']:.4f}"} for h in history]
@@ -458,8 +462,8 @@ def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool)
         ),
         sections=sections,
         model_ref=cfg.push_to_hub or cfg.out_dir,
-        base_model=base_model if base_model and not Path(base_model).exists() else None,
-        datasets=[cfg.dataset] if cfg.data_dir is None else None,
+        base_model=GPT2_HUB_IDS.get(base_model, base_model) if base_model and not Path(base_model).exists() else None,
+        datasets=hub_datasets(cfg.dataset) if cfg.data_dir is None else None,
     )
 
 
@@ -572,10 +576,14 @@ def train(cfg: TrainConfig) -> dict:
         model.train()
         return out
 
+    model_written = False  # in this run: every process knows it alike (a file check could differ)
+
     def checkpoint(eval_gen_state: torch.Tensor) -> None:
+        nonlocal model_written
         state = {"iter_num": iter_num, "best_val_loss": best_val_loss, "history": history, "base_model": base_model}
         save_checkpoint(accelerator, model, cfg, state, {"train_gen": train_gen.get_state(), "eval_gen": eval_gen_state})
         write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset_name)
+        model_written = True
 
     tokens_per_iter = grad_accum * world * cfg.batch_size * cfg.block_size
     flops_per_iter = flops_per_token(raw_model, cfg.block_size) * tokens_per_iter / world  # per device
@@ -673,7 +681,7 @@ def train(cfg: TrainConfig) -> dict:
     elif stopped is not None:
         accelerator.end_training()
         raise FloatingPointError(f"{stopped}: stopping; the last good checkpoint is kept in {out_dir / CHECKPOINTS}.")
-    elif not (out_dir / "model.safetensors").exists():
+    elif not model_written and resume_dir is None:
         # short runs that never reached a checkpoint still leave a usable model
         write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset_name)
     if cfg.push_to_hub and main and stopped is None:

@@ -92,7 +92,7 @@ def test_sharded_safetensors(tmp_path):
 
 
 def test_gpt2_round_trip_is_exact(tmp_path):
-    gpt2 = make_gpt2(tmp_path / "src", 3, 4)
+    make_gpt2(tmp_path / "src", 3, 4)
     convert_gpt2(tmp_path / "src", tmp_path / "ours")
     assert cli.main(["export", "gpt2", str(tmp_path / "ours"), str(tmp_path / "back")]) == 0
     back = load_file(tmp_path / "back" / "model.safetensors")

@@ -1,6 +1,5 @@
 import pickle
 
-import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
@@ -9,11 +8,7 @@ from hf_nanogpt.tokenization import (
     CHAR_UNKNOWN,
     GPT2_BPE_DIR,
     char_tokenizer,
-    char_vocab,
     gpt2_tokenizer,
-    load_tokenizer,
-    read_meta_pkl,
-    write_meta_pkl,
 )
 
 
