@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here (a CPU build is on the machines we develop on); pyproject keeps a range for users.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean
 
 # The stamp is rebuilt when pyproject.toml changes, so the second run is fast.
 $(VENV)/.installed: pyproject.toml
@@ -22,6 +22,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest tests -q
+
+# the side-by-side benchmarks (about 20 minutes on 2 cores); writes BENCHMARKS.md. NANOGPT=path/to/nanoGPT
+# adds the rows against nanoGPT's own generate (longer: its 512-token runs take minutes each).
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.run $(if $(NANOGPT),--nanogpt $(NANOGPT))
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

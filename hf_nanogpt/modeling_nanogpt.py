@@ -35,6 +35,55 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_nanogpt import ACTIVATIONS, NanoGPTConfig
 
 
+# Decoding multiplies a few rows by each weight matrix: its run time is reading the weights. On the CPU,
+# float32 F.linear with so few rows reads them at well under half the machine's bandwidth (one BLAS
+# matrix-vector product, split poorly over threads); the same product as one batched matmul over row
+# blocks of the weight, a block per thread, reads at close to full bandwidth: 1.8x GPT-2 124M decoding
+# on a 2-core machine (BENCHMARKS.md). Past a few dozen rows the regular matmul is faster again.
+FEW_ROWS = 32
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same results to float32 rounding), faster at decode on the CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if few_rows_on_cpu(x, self.weight):
+            return rows_times_weight(x, self.weight, self.bias, cpu_threads())
+        return F.linear(x, self.weight, self.bias)
+
+
+def few_rows_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `rows_times_weight` is the faster way: float32 inference on a multi-threaded CPU, few rows."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and 0 < x.numel() <= FEW_ROWS * x.shape[-1]
+        and not torch.is_grad_enabled()
+        and weight.is_contiguous()
+        and cpu_threads() > 1
+    )
+
+
+@torch.compiler.assume_constant_result  # a Python int torch.compile cannot trace; fixed while a graph runs
+def cpu_threads() -> int:
+    return torch.get_num_threads()
+
+
+def rows_times_weight(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int) -> torch.Tensor:
+    """F.linear(x, weight, bias) for a few rows of x, as one bmm over `blocks` row blocks of weight."""
+    n_out, n_in = weight.shape
+    rows = x.reshape(-1, n_in).t()  # (in, m)
+    per_block = n_out // blocks
+    split = per_block * blocks
+    y = torch.bmm(weight[:split].view(blocks, per_block, n_in), rows.expand(blocks, n_in, rows.shape[1]))  # (blocks, per, m)
+    y = y.view(split, -1).t()  # (m, split)
+    if split < n_out:  # the last n_out % blocks outputs
+        y = torch.cat([y, F.linear(rows.t(), weight[split:])], dim=1)
+    if bias is not None:
+        y = y + bias
+    return y.contiguous().view(*x.shape[:-1], n_out)
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -66,9 +115,9 @@ class CausalSelfAttention(nn.Module):
         self.is_causal = True
         self.dropout = config.dropout
         # key, query, value projections for all heads, but in a batch
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         # output projection
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.is_residual_projection = True  # read by _init_weights: nanoGPT's scaled init
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -108,9 +157,9 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: NanoGPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate=ACTIVATIONS[config.activation_function])
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.is_residual_projection = True
         self.dropout = nn.Dropout(config.dropout)
 
@@ -272,7 +321,7 @@ class NanoGPTForCausalLM(NanoGPTPreTrainedModel, GenerationMixin):
     def __init__(self, config: NanoGPTConfig):
         super().__init__(config)
         self.transformer = NanoGPTModel(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
     @can_return_tuple

@@ -223,3 +223,57 @@ def test_resize_token_embeddings_keeps_the_tie():
     model.resize_token_embeddings(80)
     assert model.config.vocab_size == 80
     assert model.lm_head.weight is model.transformer.wte.weight and model.lm_head.weight.shape == (80, 32)
+
+
+@pytest.mark.parametrize("n_out", [12, 97])  # divisible by the row blocks, and not (a remainder)
+@pytest.mark.parametrize("blocks", [2, 3, 4])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lead", [(1,), (1, 1), (3, 2), (8, 1)])
+def test_few_rows_decode_matmul_equals_linear(n_out, blocks, bias, lead):
+    from hf_nanogpt.modeling_nanogpt import rows_times_weight
+
+    torch.manual_seed(0)
+    weight, b = torch.randn(n_out, 24), torch.randn(n_out) if bias else None
+    x = torch.randn(*lead, 24)
+    got = rows_times_weight(x, weight, b, blocks)
+    assert got.shape == (*lead, n_out) and got.is_contiguous()
+    torch.testing.assert_close(got, F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+
+
+def test_few_rows_path_taken_only_for_cpu_float32_inference(monkeypatch):
+    from hf_nanogpt import modeling_nanogpt
+
+    calls = []
+    real = modeling_nanogpt.rows_times_weight
+    monkeypatch.setattr(modeling_nanogpt, "rows_times_weight", lambda *a: calls.append(a[3]) or real(*a))
+    layer = modeling_nanogpt.Linear(16, 40)
+    x = torch.randn(2, 1, 16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        layer(x)  # gradients on: nn.Linear's path, autograd as always
+        assert calls == []
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+            assert calls == [2]
+            layer(torch.randn(4, modeling_nanogpt.FEW_ROWS, 16))  # a prompt: many rows
+            layer.to(torch.bfloat16)(x.bfloat16())
+            torch.set_num_threads(1)
+            layer.float()(x)
+        assert calls == [2]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_greedy_tokens_do_not_depend_on_the_decode_matmul():
+    model = tiny_model(seed=3)
+    prompt = torch.randint(0, 96, (2, 6), generator=torch.Generator().manual_seed(4))
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for n in (1, 2):  # one thread: F.linear everywhere; two: the row-block bmm at decode
+            torch.set_num_threads(n)
+            outputs.append(model.generate(prompt, max_new_tokens=20, do_sample=False))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(*outputs)

@@ -1,0 +1,94 @@
+"""B3: time and peak memory of the conversions into hf_nanogpt, on a gpt2-medium-shaped checkpoint.
+
+    python -m benchmarks.conversion [--repeats 5]
+
+Random weights in gpt2-medium's shape (24 layers, 16 heads, 1024 dims: 355M parameters, 1.42 GB in
+float32), written as a GPT2LMHeadModel folder and, through hf_nanogpt, as a nanoGPT ckpt.pt. Each
+conversion runs as `hf-nanogpt convert ...` in its own process (built-in logits check included), the
+two commands taking turns; peak RSS is the process's own (benchmarks/peak_rss.py). Target: peak RSS at
+most 1.3x the checkpoint's bytes.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from hf_nanogpt.conversion.gpt2 import convert_gpt2
+from hf_nanogpt.conversion.nanogpt import export_nanogpt
+
+from .common import GPT2_MEDIUM, TINY, gpt2_pair, markdown_table
+
+TARGET = 1.3
+
+
+def measured(cmd: list[str]) -> dict:
+    result = subprocess.run([sys.executable, "-m", "benchmarks.peak_rss", *cmd], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    return json.loads(result.stdout)
+
+
+def checkpoint_bytes(path: Path) -> int:
+    files = [path] if path.is_file() else [f for f in path.iterdir() if f.suffix in (".safetensors", ".pt", ".bin")]
+    return sum(f.stat().st_size for f in files)
+
+
+def run(repeats: int = 5, shape: dict = GPT2_MEDIUM) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-conversion-") as tmp:
+        work = Path(tmp)
+        gpt2, ours = gpt2_pair(shape, work / "gpt2")
+        del gpt2, ours
+        convert_gpt2(work / "gpt2", work / "ours", log=lambda *a: None)
+        export_nanogpt(work / "ours", work / "nanogpt", log=lambda *a: None)
+        cli = [sys.executable, "-m", "hf_nanogpt.cli", "convert"]
+        commands = {
+            "GPT-2 -> hf_nanogpt": ([*cli, "gpt2", str(work / "gpt2"), str(work / "out-gpt2"), "--overwrite"],
+                                    work / "gpt2" / "model.safetensors"),
+            "nanoGPT -> hf_nanogpt": ([*cli, "nanogpt", str(work / "nanogpt"), str(work / "out-nanogpt"), "--overwrite"],
+                                      work / "nanogpt" / "ckpt.pt"),
+        }
+        runs = {name: [] for name in commands}
+        for _ in range(repeats):  # the two commands take turns
+            for name, (cmd, _) in commands.items():
+                runs[name].append(measured(cmd))
+        rows = []
+        for name, (cmd, source) in commands.items():
+            size = checkpoint_bytes(source)
+            peak = statistics.median(r["peak_rss"] for r in runs[name])
+            rows.append({
+                "conversion": name, "source": source.name, "source_bytes": size,
+                "seconds": statistics.median(r["seconds"] for r in runs[name]), "peak_rss": peak,
+                "peak_rss_max": max(r["peak_rss"] for r in runs[name]), "ratio": peak / size, "repeats": repeats,
+                "command": "hf-nanogpt convert " + " ".join(cmd[len(cli):]).replace(str(work), "$TMP"),
+            })
+    return {"rows": rows, "shape": shape}
+
+
+def report(results: dict, command: str) -> str:
+    rows = [
+        [r["conversion"], r["source"], f"{r['source_bytes'] / 1e9:.2f} GB", f"{r['seconds']:.1f}",
+         f"{r['peak_rss'] / 1e9:.2f} GB", f"{r['peak_rss_max'] / 1e9:.2f} GB", f"{r['ratio']:.2f}x", r["repeats"],
+         f"`{r['command']}`"]
+        for r in results["rows"]
+    ]
+    table = markdown_table(["conversion", "source", "source bytes", "wall s (median)", "peak RSS (median)",
+                            "peak RSS (max)", "peak RSS / source bytes", "runs", "command"], rows)
+    return f"{table}\n\nTarget: peak RSS at most {TARGET}x the checkpoint's bytes.\n\nReproduce: `{command}`"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--tiny", action="store_true", help="a tiny model, for checking that the code runs")
+    args = p.parse_args(argv)
+    results = run(args.repeats, TINY if args.tiny else GPT2_MEDIUM)
+    print(report(results, "python -m benchmarks.conversion " + " ".join(argv if argv is not None else sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""`make bench`: run the side-by-side benchmarks and write BENCHMARKS.md.
+
+    python -m benchmarks.run [--only generation training conversion] [--repeats 5] [--nanogpt PATH] [--out FILE]
+
+Each benchmark's section is replaced in place; sections not run this time are kept from the existing
+file. --nanogpt (a karpathy/nanoGPT checkout; `make bench NANOGPT=path`) adds generation rows against
+nanoGPT's own generate. --tiny runs every benchmark on a tiny model, to check that the code runs.
+"""
+
+import argparse
+import datetime
+import os
+import re
+import sys
+from pathlib import Path
+
+from . import conversion, generation, training
+from .common import machine, markdown_table
+
+SECTIONS = {
+    "generation": "B1: greedy generation against GPT2LMHeadModel (CPU, float32)",
+    "training": "B2: a training step against GPT2LMHeadModel (CPU)",
+    "conversion": "B3: conversion time and peak memory (gpt2-medium shape)",
+}
+NOTES = Path(__file__).with_name("notes.md")  # hand-written findings, appended as they are
+HEADER = """# Benchmarks
+
+Written by `make bench` (`python -m benchmarks.run`); each section says how to re-run it alone. Every
+comparison runs both sides in one process (or in paired processes), the sides taking turns, after a
+warm-up, and reports medians of at least 5 timed runs and the ratio ours/theirs. Timings on shared
+machines are noisy: compare ratios taken in the same run, not absolute numbers across runs.
+
+B4 (GPU: bf16 training MFU, generation at batch 1 and 32) runs only on a machine with a GPU and has
+not been measured yet.
+"""
+
+
+def section(name: str, body: str, info: dict) -> str:
+    stamp = datetime.date.today().isoformat()
+    machine_line = "; ".join(f"{k}: {v}" for k, v in info.items())
+    return f"<!-- bench:{name} -->\n## {SECTIONS[name]}\n\nMeasured {stamp}. {machine_line}.\n\n{body}\n<!-- /bench:{name} -->"
+
+
+def existing_sections(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    pattern = re.compile(r"<!-- bench:(\w+) -->.*?<!-- /bench:\1 -->", re.S)
+    return {m.group(1): m.group(0) for m in pattern.finditer(path.read_text())}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--nanogpt", type=Path, default=None, help="karpathy/nanoGPT checkout for the rows against it")
+    p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    p.add_argument("--tiny", action="store_true", help="tiny models and few steps: checks the code, measures nothing")
+    args = p.parse_args(argv)
+    if args.nanogpt is not None and not (args.nanogpt / "model.py").is_file():
+        p.error(f"--nanogpt {args.nanogpt}: expected a karpathy/nanoGPT checkout with model.py in it")
+
+    info = machine()
+    print(markdown_table(list(info), [list(info.values())]), flush=True)
+    sections = existing_sections(args.out)
+    for name in args.only:
+        print(f"\n== {SECTIONS[name]}", flush=True)
+        if name == "generation":
+            extra = ["--nanogpt", str(args.nanogpt)] if args.nanogpt else []
+            cmd = ["--repeats", str(args.repeats), *extra, *(["--tiny"] if args.tiny else [])]
+            shape, new_tokens = (generation.TINY, 8) if args.tiny else (generation.GPT2_124M, generation.NEW_TOKENS)
+            results = generation.run(repeats=args.repeats, nanogpt=args.nanogpt, shape=shape, new_tokens=new_tokens,
+                                     probe_mb=64 if args.tiny else 640)
+            body = generation.report(results, "python -m benchmarks.generation " + " ".join(cmd))
+        elif name == "training":
+            shapes = ["tiny"] if args.tiny else ["gpt2-124m", "shakespeare-char-cpu"]
+            curve_steps = 12 if args.tiny else 200
+            results = training.run(shapes, args.repeats, curve_steps, corpus_chars=50_000 if args.tiny else 1_000_000)
+            cmd = ["--shapes", *shapes, "--repeats", str(args.repeats), "--curve-steps", str(curve_steps)]
+            body = training.report(results, "python -m benchmarks.training " + " ".join(cmd))
+        else:
+            results = conversion.run(args.repeats, conversion.TINY if args.tiny else conversion.GPT2_MEDIUM)
+            body = conversion.report(results, "python -m benchmarks.conversion " + " ".join(
+                ["--repeats", str(args.repeats), *(["--tiny"] if args.tiny else [])]))
+        print(body, flush=True)
+        sections[name] = section(name, body, info)
+    parts = [HEADER, *(sections[name] for name in SECTIONS if name in sections)]
+    if NOTES.is_file():
+        parts.append(NOTES.read_text())
+    write_atomically(args.out, "\n\n".join(part.strip() for part in parts) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""`make bench` on tiny models: every benchmark runs and writes its section. No timing is asserted."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_suite_runs_on_tiny_models(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# old\n<!-- bench:generation -->\nstale\n<!-- /bench:generation -->\n")
+    cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--repeats", "1", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = out.read_text()
+
+    assert "stale" not in text  # the section was replaced, not appended
+    for name in ("generation", "training", "conversion"):
+        assert text.count(f"<!-- bench:{name} -->") == 1
+    assert "transformers: 5." in text
+    assert re.search(r"CPU: .+; cores \(torch threads\): \d+; torch: ", text)
+
+    # B1: both cache modes at both batch sizes, greedy tokens equal in every row, the bandwidth table
+    generation = re.findall(r"^\| (\d+) \| (eager|static-compile) \| [\d.]+ \| [\d.]+ \| [\d.]+x \| (\w+) \|", text, re.M)
+    assert sorted((b, m) for b, m, _ in generation) == [("1", "eager"), ("1", "static-compile"), ("8", "eager"), ("8", "static-compile")]
+    assert all(same == "yes" for _, _, same in generation)
+    assert "effective GB/s" in text and "of the read probe" in text
+
+    # B2: four runs per shape with step times and FLOP/s, and a loss-curve row whose two curves agree
+    steps = re.findall(r"^\| tiny \(block 32, batch 2\) \| [^|]+ \| ([\d.]+) \| [\d,]+ \| [\d.]+ \(\d+% of \w+ mm\) \|", text, re.M)
+    assert len(steps) == 4 and all(float(ms) > 0 for ms in steps)
+    curve = re.search(r"^\| tiny \| 12 \| ([\d.e+-]+) \| ([\d.]+) / ([\d.]+) \| ([\d.]+) / ([\d.]+) \|", text, re.M)
+    assert curve, text
+    assert float(curve.group(1)) < 1e-4  # same weights, same batches, both float32: the same losses
+    assert abs(float(curve.group(4)) - float(curve.group(5))) < 0.5
+
+    # B3: both conversions with a peak RSS
+    assert len(re.findall(r"^\| (GPT-2|nanoGPT) -> hf_nanogpt \| .+ \| [\d.]+x \| 1 \|", text, re.M)) == 2
+
+    # a second run of one benchmark keeps the others' sections
+    before = text
+    cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--repeats", "1", "--only", "conversion", "--out", str(out)]
+    assert subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
+    after = out.read_text()
+    generation_section = re.search(r"<!-- bench:generation -->.*<!-- /bench:generation -->", before, re.S).group(0)
+    assert generation_section in after
