@@ -1,6 +1,7 @@
 """What every benchmark shares: alternating timed runs, medians, the machine, the probes, and GPT-2 pairs
 (GPT2LMHeadModel and hf_nanogpt holding the same weights, through hf_nanogpt's own GPT-2 conversion)."""
 
+import os
 import platform
 import statistics
 import time
@@ -66,7 +67,7 @@ def cpu_model() -> str:
 def machine() -> dict[str, str]:
     info = {
         "CPU": cpu_model(),
-        "cores (torch threads)": f"{torch.get_num_threads()}",
+        "cores": f"{os.cpu_count()} (torch threads: {torch.get_num_threads()})",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "hf_nanogpt": hf_nanogpt.__version__,
@@ -75,13 +76,6 @@ def machine() -> dict[str, str]:
     if torch.cuda.is_available():
         info["GPU"] = torch.cuda.get_device_name()
     return info
-
-
-def read_bandwidth(megabytes: int = 640, repeats: int = 5) -> float:
-    """Bytes/s that torch.sum reads a float32 tensor of `megabytes` (far larger than any cache) at."""
-    x = torch.ones(megabytes * 2**20 // 4)
-    seconds = median_time(lambda: x.sum(), repeats)
-    return x.numel() * 4 / seconds
 
 
 def matmul_flops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:

@@ -26,7 +26,6 @@ from .common import (
     markdown_table,
     parameter_bytes,
     ratio_cell,
-    read_bandwidth,
 )
 
 PROMPT_TOKENS = 32
@@ -60,7 +59,8 @@ def compiled(model):
     return model
 
 
-def compare(gpt2, ours, batch: int, mode: str, repeats: int, new_tokens: int = NEW_TOKENS) -> dict:
+def compare(gpt2, ours, batch: int, mode: str, repeats: int, new_tokens: int = NEW_TOKENS, probe_mb: int = 0) -> dict:
+    """Tokens/s of both models; with probe_mb, the read-bandwidth probe takes turns with them too."""
     vocab = gpt2.config.vocab_size
     prompt = torch.randint(vocab, (batch, PROMPT_TOKENS), generator=torch.Generator().manual_seed(batch))
     same = torch.equal(greedy(gpt2, prompt, new_tokens, mode), greedy(ours, prompt, new_tokens, mode))
@@ -71,6 +71,9 @@ def compare(gpt2, ours, batch: int, mode: str, repeats: int, new_tokens: int = N
         "gpt2 prefill": lambda: greedy(gpt2, prompt, 1, mode, PROMPT_TOKENS + new_tokens),
         "ours prefill": lambda: greedy(ours, prompt, 1, mode, PROMPT_TOKENS + new_tokens),
     }
+    if probe_mb:
+        block = torch.ones(probe_mb * 2**20 // 4)  # float32, far larger than any cache
+        sides["read probe"] = lambda: block.sum()
     t = alternate(sides, repeats)
     decode_steps = new_tokens - 1  # the first new token comes out of the prefill
     return {
@@ -82,6 +85,7 @@ def compare(gpt2, ours, batch: int, mode: str, repeats: int, new_tokens: int = N
         "speedup": t.median("gpt2") / t.median("ours"),
         "gpt2_decode_steps_s": decode_steps / (t.median("gpt2") - t.median("gpt2 prefill")),
         "ours_decode_steps_s": decode_steps / (t.median("ours") - t.median("ours prefill")),
+        "read_bandwidth": probe_mb * 2**20 / t.median("read probe") if probe_mb else None,
         "repeats": repeats,
     }
 
@@ -111,14 +115,18 @@ def compare_nanogpt(nanogpt_dir: Path, ours, new_tokens: int, repeats: int) -> d
     nanogpt = load_nanogpt(nanogpt_dir, exact)
     prompt = torch.randint(config.vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))
 
-    def theirs(n=new_tokens):
-        with torch.no_grad():
-            return nanogpt.generate(prompt, n, temperature=1.0, top_k=1)
+    outputs = {}
 
-    same = torch.equal(theirs(), greedy(exact, prompt, new_tokens, "eager"))
-    warm = {"nanogpt": lambda: theirs(8), "ours": lambda: greedy(exact, prompt, 8, "eager")}
-    alternate(warm, repeats=0, warmup=1)  # a short warm-up: a full nanoGPT run at 512 tokens takes minutes
-    t = alternate({"nanogpt": theirs, "ours": lambda: greedy(exact, prompt, new_tokens, "eager")}, repeats, warmup=0)
+    def run_nanogpt(n=new_tokens):
+        with torch.no_grad():
+            outputs["nanogpt"] = nanogpt.generate(prompt, n, temperature=1.0, top_k=1)
+
+    def run_ours(n=new_tokens):
+        outputs["ours"] = greedy(exact, prompt, n, "eager")
+
+    alternate({"nanogpt": lambda: run_nanogpt(8), "ours": lambda: run_ours(8)}, repeats=0, warmup=1)  # short:
+    t = alternate({"nanogpt": run_nanogpt, "ours": run_ours}, repeats, warmup=0)  # nanoGPT's 512 take minutes
+    same = torch.equal(outputs["nanogpt"], outputs["ours"])  # the last timed run's tokens
     return {
         "new_tokens": new_tokens,
         "same_tokens": same,
@@ -134,13 +142,13 @@ def run(batches=(1, 8), modes=MODES, repeats: int = 5, nanogpt: Path | None = No
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
         gpt2, ours = gpt2_pair(shape, Path(tmp) / "gpt2")
     results = {"rows": [], "nanogpt": [], "parameter_bytes": parameter_bytes(ours), "new_tokens": new_tokens}
-    results["read_bandwidth"] = read_bandwidth(probe_mb)
     for mode in modes:
         if mode == "static-compile":
             torch._dynamo.reset()
             gpt2, ours = compiled(gpt2), compiled(ours)
         for batch in batches:
-            results["rows"].append(compare(gpt2, ours, batch, mode, repeats, new_tokens))
+            probe = probe_mb if batch == 1 else 0  # the bandwidth table is for batch 1
+            results["rows"].append(compare(gpt2, ours, batch, mode, repeats, new_tokens, probe))
     if nanogpt is not None:
         ours_eager = ours
         if "static-compile" in modes:  # back to the plain forward
@@ -159,23 +167,23 @@ def report(results: dict, command: str) -> str:
     out = [markdown_table(["batch", "cache and compile", "GPT2LMHeadModel tokens/s", "hf_nanogpt tokens/s",
                            "ours/theirs (tokens/s)", "same greedy tokens", "timed runs"], rows)]
     gb = results["parameter_bytes"] / 1e9
-    probe = results["read_bandwidth"] / 1e9
     bw_rows = []
     for r in results["rows"]:
-        if r["batch"] != 1:
+        if r["read_bandwidth"] is None:
             continue
+        probe = r["read_bandwidth"] / 1e9
         for side, name in (("gpt2", "GPT2LMHeadModel"), ("ours", "hf_nanogpt")):
             steps = r[f"{side}_decode_steps_s"]
             bw = results["parameter_bytes"] * steps / 1e9
-            bw_rows.append([name, r["mode"], f"{1e3 / steps:.1f}", f"{bw:.1f}", f"{100 * bw / probe:.0f}%"])
+            bw_rows.append([name, r["mode"], f"{1e3 / steps:.1f}", f"{bw:.1f}", f"{probe:.1f}", f"{100 * bw / probe:.0f}%"])
     if bw_rows:
         out.append(
-            f"\nDecoding at batch 1 reads every weight once per token: effective weight bandwidth = parameter "
-            f"bytes ({gb:.3f} GB) x decode steps/s (prefill timed apart and left out), against torch.sum "
-            f"reading a float32 tensor far larger than the caches in the same run: **{probe:.1f} GB/s**.\n"
+            f"\nDecoding at batch 1 reads every weight once per token: effective weight bandwidth = parameter bytes "
+            f"({gb:.3f} GB) x decode steps/s (the prefill timed apart and left out). The read probe, torch.sum over a "
+            f"float32 tensor far larger than the caches, takes turns with the two models in the same loop.\n"
         )
         out.append(markdown_table(["model", "cache and compile", "ms per decode step", "effective GB/s",
-                                   "of the read probe"], bw_rows))
+                                   "read probe GB/s", "of the read probe"], bw_rows))
     if results["nanogpt"]:
         rows = [
             [1, r["new_tokens"], f"{r['nanogpt_tok_s']:.1f}", f"{r['ours_tok_s']:.1f}", ratio_cell(r["speedup"]),

@@ -80,11 +80,12 @@ def main(argv=None) -> None:
         elif name == "training":
             shapes = ["tiny"] if args.tiny else ["gpt2-124m", "shakespeare-char-cpu"]
             curve_steps = 12 if args.tiny else 200
-            results = training.run(shapes, args.repeats, curve_steps, corpus_chars=50_000 if args.tiny else 1_000_000)
+            results = training.run(shapes, args.repeats, curve_steps, rounds=1 if args.tiny else 2,
+                                   corpus_chars=50_000 if args.tiny else 1_000_000)
             cmd = ["--shapes", *shapes, "--repeats", str(args.repeats), "--curve-steps", str(curve_steps)]
             body = training.report(results, "python -m benchmarks.training " + " ".join(cmd))
         else:
-            results = conversion.run(args.repeats, conversion.TINY if args.tiny else conversion.GPT2_MEDIUM)
+            results = conversion.run(args.repeats, conversion.TINY_GPT2 if args.tiny else conversion.GPT2_MEDIUM)
             body = conversion.report(results, "python -m benchmarks.conversion " + " ".join(
                 ["--repeats", str(args.repeats), *(["--tiny"] if args.tiny else [])]))
         print(body, flush=True)

@@ -24,7 +24,7 @@ def test_bench_suite_runs_on_tiny_models(tmp_path):
     for name in ("generation", "training", "conversion"):
         assert text.count(f"<!-- bench:{name} -->") == 1
     assert "transformers: 5." in text
-    assert re.search(r"CPU: .+; cores \(torch threads\): \d+; torch: ", text)
+    assert re.search(r"CPU: .+; cores: \d+ \(torch threads: \d+\); torch: ", text)
 
     # B1: both cache modes at both batch sizes, greedy tokens equal in every row, the bandwidth table
     generation = re.findall(r"^\| (\d+) \| (eager|static-compile) \| [\d.]+ \| [\d.]+ \| [\d.]+x \| (\w+) \|", text, re.M)
