@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import hf_nanogpt
@@ -35,18 +36,21 @@ class Timings:
         return self.median(ours) / self.median(theirs)
 
 
-def alternate(sides: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Timings:
+def alternate(sides: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, desc: str = "") -> Timings:
     """Run each side `warmup` times, then `repeats` timed rounds, the sides taking turns in every round
-    (so a change in machine load falls on both)."""
-    for _ in range(warmup):
-        for fn in sides.values():
-            fn()
+    (so a change in machine load falls on both). A progress bar on stderr counts the rounds."""
     timings = Timings({name: [] for name in sides})
-    for _ in range(repeats):
-        for name, fn in sides.items():
-            start = time.perf_counter()
-            fn()
-            timings.runs[name].append(time.perf_counter() - start)
+    with tqdm(total=warmup + repeats, desc=desc or " / ".join(sides), unit="round", leave=False) as bar:
+        for _ in range(warmup):
+            for fn in sides.values():
+                fn()
+            bar.update(1)
+        for _ in range(repeats):
+            for name, fn in sides.items():
+                start = time.perf_counter()
+                fn()
+                timings.runs[name].append(time.perf_counter() - start)
+            bar.update(1)
     return timings
 
 

@@ -74,7 +74,7 @@ def compare(gpt2, ours, batch: int, mode: str, repeats: int, new_tokens: int = N
     if probe_mb:
         block = torch.ones(probe_mb * 2**20 // 4)  # float32, far larger than any cache
         sides["read probe"] = lambda: block.sum()
-    t = alternate(sides, repeats)
+    t = alternate(sides, repeats, desc=f"B1 batch {batch}, {mode}")
     decode_steps = new_tokens - 1  # the first new token comes out of the prefill
     return {
         "batch": batch,
@@ -124,8 +124,9 @@ def compare_nanogpt(nanogpt_dir: Path, ours, new_tokens: int, repeats: int) -> d
     def run_ours(n=new_tokens):
         outputs["ours"] = greedy(exact, prompt, n, "eager")
 
-    alternate({"nanogpt": lambda: run_nanogpt(8), "ours": lambda: run_ours(8)}, repeats=0, warmup=1)  # short:
-    t = alternate({"nanogpt": run_nanogpt, "ours": run_ours}, repeats, warmup=0)  # nanoGPT's 512 take minutes
+    alternate({"nanogpt": lambda: run_nanogpt(8), "ours": lambda: run_ours(8)}, 0, 1, "B1 nanoGPT warm-up")
+    # the warm-up is short: a full nanoGPT run at 512 tokens takes minutes
+    t = alternate({"nanogpt": run_nanogpt, "ours": run_ours}, repeats, 0, f"B1 against nanoGPT, {new_tokens} tokens")
     same = torch.equal(outputs["nanogpt"], outputs["ours"])  # the last timed run's tokens
     return {
         "new_tokens": new_tokens,

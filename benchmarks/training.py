@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from hf_nanogpt.data import TokenData, prepare
 from hf_nanogpt.demo import stdlib_corpus
@@ -100,7 +101,7 @@ def model_vs_model(gpt2, ours, batches: Batches, repeats: int, warmup: int = 2) 
             losses[name].append(user_step(model, optimizers[name], rounds[len(losses[name])]))
         return step
 
-    t = alternate({"gpt2": side("gpt2", gpt2), "ours": side("ours", ours)}, repeats, warmup)
+    t = alternate({"gpt2": side("gpt2", gpt2), "ours": side("ours", ours)}, repeats, warmup, "B2 model against model")
     return {"gpt2_s": t.median("gpt2"), "ours_s": t.median("ours"), "ratio": t.ratio("ours", "gpt2"),
             "max_loss_diff": max(abs(a - b) for a, b in zip(losses["gpt2"], losses["ours"])), "repeats": repeats}
 
@@ -126,7 +127,7 @@ def trainer_vs_user(gpt2, initial: dict, init_dir: Path, data: TokenData, block_
                     steps: int, rounds: int, warmup: int, work: Path) -> dict:
     """The trainer started from `init_dir`, GPT2LMHeadModel from `initial` (the same weights)."""
     trainer_dt, user_dt, trainer_curve, user_curve = [], [], None, None
-    for r in range(rounds):  # the two sides take turns
+    for r in tqdm(range(rounds), desc="B2 trainer against user loop", unit="round", leave=False):  # sides take turns
         log = run_trainer(init_dir, data.dir, work / f"trainer{r}", block_size, batch_size, steps)
         trainer_dt += [entry["dt"] for entry in log[warmup:]]
         trainer_curve = trainer_curve or [entry["loss"] for entry in log]

@@ -41,7 +41,7 @@ def test_bench_suite_runs_on_tiny_models(tmp_path):
     assert abs(float(curve.group(4)) - float(curve.group(5))) < 0.5
 
     # B3: both conversions with a peak RSS
-    assert len(re.findall(r"^\| (GPT-2|nanoGPT) -> hf_nanogpt \| .+ \| [\d.]+x \| 1 \|", text, re.M)) == 2
+    assert len(re.findall(r"^\| (GPT-2|nanoGPT) -> hf_nanogpt \| .+ \| [\d.]+x \| [\d.]+ GB \| [\d.]+x \| 1 \|", text, re.M)) == 2
 
     # a second run of one benchmark keeps the others' sections
     before = text
