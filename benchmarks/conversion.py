@@ -36,11 +36,6 @@ def measured(cmd: list[str]) -> dict:
     return json.loads(result.stdout)
 
 
-def checkpoint_bytes(path: Path) -> int:
-    files = [path] if path.is_file() else [f for f in path.iterdir() if f.suffix in (".safetensors", ".pt", ".bin")]
-    return sum(f.stat().st_size for f in files)
-
-
 def run(repeats: int = 5, shape: dict = GPT2_MEDIUM) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-conversion-") as tmp:
         work = Path(tmp)
@@ -64,7 +59,7 @@ def run(repeats: int = 5, shape: dict = GPT2_MEDIUM) -> dict:
         imports = statistics.median(r["peak_rss"] for r in baseline)
         rows = []
         for name, (cmd, source) in commands.items():
-            size = checkpoint_bytes(source)
+            size = source.stat().st_size
             peak = statistics.median(r["peak_rss"] for r in runs[name])
             rows.append({
                 "conversion": name, "source": source.name, "source_bytes": size,
@@ -92,13 +87,19 @@ def report(results: dict, command: str) -> str:
             f"itself holds.\n\nReproduce: `{command}`")
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def benchmark(argv: list[str]) -> str:
+    """Parse `argv`, run, and return the Markdown report (with the command that reproduces it)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.conversion", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tiny", action="store_true", help="a tiny model, for checking that the code runs")
     args = p.parse_args(argv)
     results = run(args.repeats, TINY_GPT2 if args.tiny else GPT2_MEDIUM)
-    print(report(results, "python -m benchmarks.conversion " + " ".join(argv if argv is not None else sys.argv[1:])))
+    return report(results, " ".join([p.prog, *argv]))
+
+
+def main() -> None:
+    print(benchmark(sys.argv[1:]))
 
 
 if __name__ == "__main__":

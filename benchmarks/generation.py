@@ -63,10 +63,16 @@ def compare(gpt2, ours, batch: int, mode: str, repeats: int, new_tokens: int = N
     """Tokens/s of both models; with probe_mb, the read-bandwidth probe takes turns with them too."""
     vocab = gpt2.config.vocab_size
     prompt = torch.randint(vocab, (batch, PROMPT_TOKENS), generator=torch.Generator().manual_seed(batch))
-    same = torch.equal(greedy(gpt2, prompt, new_tokens, mode), greedy(ours, prompt, new_tokens, mode))
+    tokens = {}
+
+    def full_run(name, model):
+        def run_once():
+            tokens[name] = greedy(model, prompt, new_tokens, mode)
+        return run_once
+
     sides = {
-        "gpt2": lambda: greedy(gpt2, prompt, new_tokens, mode),
-        "ours": lambda: greedy(ours, prompt, new_tokens, mode),
+        "gpt2": full_run("gpt2", gpt2),
+        "ours": full_run("ours", ours),
         # the prompt alone, to separate decoding from the prefill
         "gpt2 prefill": lambda: greedy(gpt2, prompt, 1, mode, PROMPT_TOKENS + new_tokens),
         "ours prefill": lambda: greedy(ours, prompt, 1, mode, PROMPT_TOKENS + new_tokens),
@@ -75,6 +81,7 @@ def compare(gpt2, ours, batch: int, mode: str, repeats: int, new_tokens: int = N
         block = torch.ones(probe_mb * 2**20 // 4)  # float32, far larger than any cache
         sides["read probe"] = lambda: block.sum()
     t = alternate(sides, repeats, desc=f"B1 batch {batch}, {mode}")
+    same = torch.equal(tokens["gpt2"], tokens["ours"])  # the last timed runs' tokens
     decode_steps = new_tokens - 1  # the first new token comes out of the prefill
     return {
         "batch": batch,
@@ -199,8 +206,10 @@ def report(results: dict, command: str) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def benchmark(argv: list[str]) -> str:
+    """Parse `argv`, run, and return the Markdown report (with the command that reproduces it)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.generation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--repeats", type=int, default=5)
@@ -208,10 +217,16 @@ def main(argv=None) -> None:
     p.add_argument("--nanogpt-tokens", type=int, nargs="+", default=[128, 512])
     p.add_argument("--tiny", action="store_true", help="a tiny model, for checking that the code runs")
     args = p.parse_args(argv)
-    shape, new_tokens = (TINY, 8) if args.tiny else (GPT2_124M, NEW_TOKENS)
-    results = run(args.batch, args.modes, args.repeats, args.nanogpt, args.nanogpt_tokens, shape, new_tokens,
-                  probe_mb=64 if args.tiny else 640)
-    print(report(results, "python -m benchmarks.generation " + " ".join(argv if argv is not None else sys.argv[1:])))
+    if args.nanogpt is not None and not (args.nanogpt / "model.py").is_file():
+        p.error(f"--nanogpt {args.nanogpt}: expected a karpathy/nanoGPT checkout with model.py in it")
+    shape, new_tokens, probe_mb = (TINY, 8, 64) if args.tiny else (GPT2_124M, NEW_TOKENS, 640)
+    nanogpt_tokens = [8, 16] if args.tiny else args.nanogpt_tokens  # within the tiny model's 128 positions
+    results = run(args.batch, args.modes, args.repeats, args.nanogpt, nanogpt_tokens, shape, new_tokens, probe_mb)
+    return report(results, " ".join([p.prog, *argv]))
+
+
+def main() -> None:
+    print(benchmark(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from . import conversion, generation, training
 from .common import machine, markdown_table
 
+BENCHMARKS = {"generation": generation, "training": training, "conversion": conversion}
 SECTIONS = {
     "generation": "B1: greedy generation against GPT2LMHeadModel (CPU, float32)",
     "training": "B2: a training step against GPT2LMHeadModel (CPU)",
@@ -62,32 +63,15 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     p.add_argument("--tiny", action="store_true", help="tiny models and few steps: checks the code, measures nothing")
     args = p.parse_args(argv)
-    if args.nanogpt is not None and not (args.nanogpt / "model.py").is_file():
-        p.error(f"--nanogpt {args.nanogpt}: expected a karpathy/nanoGPT checkout with model.py in it")
 
     info = machine()
     print(markdown_table(list(info), [list(info.values())]), flush=True)
     sections = existing_sections(args.out)
+    common = ["--repeats", str(args.repeats), *(["--tiny"] if args.tiny else [])]
     for name in args.only:
         print(f"\n== {SECTIONS[name]}", flush=True)
-        if name == "generation":
-            extra = ["--nanogpt", str(args.nanogpt)] if args.nanogpt else []
-            cmd = ["--repeats", str(args.repeats), *extra, *(["--tiny"] if args.tiny else [])]
-            shape, new_tokens = (generation.TINY, 8) if args.tiny else (generation.GPT2_124M, generation.NEW_TOKENS)
-            results = generation.run(repeats=args.repeats, nanogpt=args.nanogpt, shape=shape, new_tokens=new_tokens,
-                                     probe_mb=64 if args.tiny else 640)
-            body = generation.report(results, "python -m benchmarks.generation " + " ".join(cmd))
-        elif name == "training":
-            shapes = ["tiny"] if args.tiny else ["gpt2-124m", "shakespeare-char-cpu"]
-            curve_steps = 12 if args.tiny else 200
-            results = training.run(shapes, args.repeats, curve_steps, rounds=1 if args.tiny else 2,
-                                   corpus_chars=50_000 if args.tiny else 1_000_000)
-            cmd = ["--shapes", *shapes, "--repeats", str(args.repeats), "--curve-steps", str(curve_steps)]
-            body = training.report(results, "python -m benchmarks.training " + " ".join(cmd))
-        else:
-            results = conversion.run(args.repeats, conversion.TINY_GPT2 if args.tiny else conversion.GPT2_MEDIUM)
-            body = conversion.report(results, "python -m benchmarks.conversion " + " ".join(
-                ["--repeats", str(args.repeats), *(["--tiny"] if args.tiny else [])]))
+        extra = ["--nanogpt", str(args.nanogpt)] if name == "generation" and args.nanogpt else []
+        body = BENCHMARKS[name].benchmark([*common, *extra])
         print(body, flush=True)
         sections[name] = section(name, body, info)
     parts = [HEADER, *(sections[name] for name in SECTIONS if name in sections)]

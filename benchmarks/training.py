@@ -57,18 +57,12 @@ def schedule_args(steps: int) -> list[str]:
     return [f"--warmup_iters={cfg.warmup_iters}", f"--lr_decay_iters={cfg.lr_decay_iters}", f"--min_lr={cfg.min_lr}"]
 
 
-class Batches:
-    """The trainer's training windows: torch.randint over start positions from a generator seeded as
-    the trainer seeds it, so a loop outside the trainer sees the trainer's batches in the same order."""
-
-    def __init__(self, data: TokenData, block_size: int, batch_size: int, seed: int = 1337):
-        self.data, self.block_size, self.batch_size = data, block_size, batch_size
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(self.data.splits["train"]) - self.block_size
-        starts = torch.randint(n, (self.batch_size,), generator=self.gen)
-        return self.data.windows("train", starts, self.block_size)
+def trainer_batches(data: TokenData, block_size: int, batch_size: int):
+    """The trainer's training windows in its order: TokenData.random_batch, the trainer's own draw, from
+    a generator seeded as the trainer seeds it."""
+    generator = torch.Generator().manual_seed(TrainConfig.seed)
+    while True:
+        yield data.random_batch("train", block_size, batch_size, generator)
 
 
 def user_step(model, optimizer, x: torch.Tensor) -> float:
@@ -90,10 +84,10 @@ def prepare_data(root: Path, tokenizer: str, chars: int) -> TokenData:
     return TokenData(data_dir)
 
 
-def model_vs_model(gpt2, ours, batches: Batches, repeats: int, warmup: int = 2) -> dict:
+def model_vs_model(gpt2, ours, batches, repeats: int, warmup: int = 2) -> dict:
     gpt2.train(), ours.train()
     optimizers = {"gpt2": torch.optim.AdamW(gpt2.parameters(), **ADAMW), "ours": torch.optim.AdamW(ours.parameters(), **ADAMW)}
-    rounds = [batches.next()[0] for _ in range(warmup + repeats)]
+    rounds = [next(batches)[0] for _ in range(warmup + repeats)]
     losses = {"gpt2": [], "ours": []}
 
     def side(name, model):
@@ -137,9 +131,9 @@ def trainer_vs_user(gpt2, initial: dict, init_dir: Path, data: TokenData, block_
         optimizer = torch.optim.AdamW(gpt2.parameters(), **ADAMW)
         cfg = schedule(steps)  # the trainer's schedule, as a user would set it with a LambdaLR
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: get_lr(it, cfg) / cfg.learning_rate)
-        batches, curve = Batches(data, block_size, batch_size), []
+        batches, curve = trainer_batches(data, block_size, batch_size), []
         for i in range(steps):
-            x, _ = batches.next()
+            x, _ = next(batches)
             start = time.perf_counter()
             curve.append(user_step(gpt2, optimizer, x))
             scheduler.step()
@@ -183,14 +177,14 @@ def run(shapes=("gpt2-124m", "shakespeare-char-cpu"), repeats: int = 5, curve_st
             init_dir = work / name / "init"
             ours.save_pretrained(init_dir)  # both sides of both comparisons start from these weights
             initial = {k: v.clone() for k, v in gpt2.state_dict().items()}
-            mvm = model_vs_model(gpt2, ours, Batches(data, block_size, batch_size), repeats)
+            mvm = model_vs_model(gpt2, ours, trainer_batches(data, block_size, batch_size), repeats)
             # a long loss curve on the small shapes; on GPT-2 124M (7 s a step for both sides together on
             # 2 cores) the timed steps are the curve unless asked for more
             steps = curve_steps if name != "gpt2-124m" else max(gpt2_curve_steps, repeats + 2)
             tvu = trainer_vs_user(gpt2, initial, init_dir, data, block_size, batch_size, steps, rounds, warmup=2,
                                   work=work / name)
             out["shapes"].append({
-                "name": name, "block_size": block_size, "batch_size": batch_size, "vocab_size": data.vocab_size,
+                "name": name, "block_size": block_size, "batch_size": batch_size,
                 "flops_per_step": flops_per_token(ours, block_size) * block_size * batch_size,
                 "tokens_per_step": block_size * batch_size, "model_vs_model": mvm, "trainer_vs_user": tvu,
             })
@@ -244,17 +238,27 @@ def report(results: dict, command: str) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def benchmark(argv: list[str]) -> str:
+    """Parse `argv`, run, and return the Markdown report (with the command that reproduces it)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.training", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["gpt2-124m", "shakespeare-char-cpu"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--curve-steps", type=int, default=200, help="steps of the loss-curve runs on the small shapes")
     p.add_argument("--gpt2-curve-steps", type=int, default=0,
                    help="steps of the loss-curve runs on gpt2-124m (default: just the timed steps; 200 take ~50 min)")
     p.add_argument("--rounds", type=int, default=2, help="trainer runs and user-loop runs, taking turns")
+    p.add_argument("--tiny", action="store_true", help="a tiny model, short runs: checks that the code runs")
     args = p.parse_args(argv)
-    results = run(args.shapes, args.repeats, args.curve_steps, args.rounds, gpt2_curve_steps=args.gpt2_curve_steps)
-    print(report(results, "python -m benchmarks.training " + " ".join(argv if argv is not None else sys.argv[1:])))
+    if args.tiny:
+        results = run(["tiny"], args.repeats, curve_steps=12, rounds=1, corpus_chars=50_000)
+    else:
+        results = run(args.shapes, args.repeats, args.curve_steps, args.rounds, gpt2_curve_steps=args.gpt2_curve_steps)
+    return report(results, " ".join([p.prog, *argv]))
+
+
+def main() -> None:
+    print(benchmark(sys.argv[1:]))
 
 
 if __name__ == "__main__":

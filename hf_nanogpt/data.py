@@ -63,6 +63,14 @@ class TokenData:
         rows = self.splits[split][starts.numpy()[:, None] + np.arange(block_size + 1)].astype(np.int64)
         return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
 
+    def random_batch(self, split: str, block_size: int, batch_size: int, generator: torch.Generator,
+                     world: int = 1, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """nanoGPT's get_batch: random windows from `generator`, drawn for all `world` processes at once
+        (so every process advances the generator alike), then process `rank`'s share of `batch_size`."""
+        n = len(self.splits[split]) - block_size
+        starts = torch.randint(n, (batch_size * world,), generator=generator)[rank * batch_size : (rank + 1) * batch_size]
+        return self.windows(split, starts, block_size)
+
 
 # ---------------------------------------------------------------------------------------------------
 # writing (`hf-nanogpt prepare`)

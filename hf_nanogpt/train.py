@@ -557,10 +557,7 @@ def train(cfg: TrainConfig) -> dict:
     dataset_name = cfg.dataset if cfg.data_dir is None else str(data_dir)
 
     def batch(split: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        # windows for all processes at once, then this process's share
-        n = len(data.splits[split]) - cfg.block_size
-        starts = torch.randint(n, (cfg.batch_size * world,), generator=gen)[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
-        x, y = data.windows(split, starts, cfg.block_size)
+        x, y = data.random_batch(split, cfg.block_size, cfg.batch_size, gen, world, rank)
         return x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
 
     @torch.no_grad()
