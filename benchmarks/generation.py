@@ -17,6 +17,7 @@ import torch
 from transformers import StaticCache
 
 from hf_nanogpt import NanoGPTForCausalLM
+from hf_nanogpt.modeling_nanogpt import CACHE_NAME
 
 from .common import (
     GPT2_124M,
@@ -39,7 +40,7 @@ def greedy(model, prompt: torch.Tensor, new_tokens: int, mode: str, cache_len: i
     extra = {}
     if mode == "static-compile":
         length = cache_len or prompt.shape[1] + new_tokens
-        extra["past_key_values"] = StaticCache(config=model.config, max_cache_len=length)
+        extra[CACHE_NAME] = StaticCache(config=model.config, max_cache_len=length)
     with torch.inference_mode():
         return model.generate(
             prompt,

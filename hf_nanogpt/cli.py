@@ -43,13 +43,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     input_ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(args.device)
     if input_ids.shape[1] == 0:
         raise ValueError("the prompt encodes to no tokens; pass a non-empty --prompt.")
-    block_size = model.config.max_position_embeddings
-    max_new = args.max_new_tokens if args.max_new_tokens is not None else model.generation_config.max_new_tokens
-    max_new = max_new if max_new is not None else block_size - input_ids.shape[1]
-    if input_ids.shape[1] + max_new > block_size:
+    block_size, prompt_length = model.config.max_position_embeddings, input_ids.shape[1]
+    if prompt_length >= block_size:
         raise ValueError(
-            f"prompt ({input_ids.shape[1]} tokens) plus --max-new-tokens ({max_new}) exceeds the model's "
-            f"block_size {block_size}; lower --max-new-tokens to at most {max(0, block_size - input_ids.shape[1])}."
+            f"the prompt is {prompt_length} tokens, {prompt_length - block_size + 1} more than the {block_size - 1} "
+            f"that leave room for a new token in the model's block_size {block_size}: shorten it, or cut it from "
+            f"the left (keep its last {block_size - 1} tokens), as nanoGPT's sample.py crops its context."
+        )
+    room = block_size - prompt_length
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else min(model.generation_config.max_new_tokens or room, room)
+    if max_new > room:
+        raise ValueError(
+            f"prompt ({prompt_length} tokens) plus --max-new-tokens ({max_new}) exceeds the model's "
+            f"block_size {block_size}; lower --max-new-tokens to at most {room}."
         )
     if args.seed is not None:
         torch.manual_seed(args.seed)
@@ -62,7 +68,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new,
+            # a total length, as the folder's generation_config.json sets one (max_new_tokens beside it would warn)
+            max_length=prompt_length + max_new,
+            max_new_tokens=None,
             streamer=streamer,
             **sampling,
         )
@@ -171,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("model", metavar="MODEL", help="model folder or Hub repo id")
     gen.add_argument("--prompt", default="\n", help="text to continue (default: a newline, as nanoGPT's sample.py)")
-    gen.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's generation_config")
+    gen.add_argument("--max-new-tokens", type=int, default=None, help="default: up to the model's block_size")
     gen.add_argument("--greedy", action="store_true", help="pick the most likely token at each step")
     gen.add_argument("--temperature", type=float, default=None)
     gen.add_argument("--top-k", type=int, default=None)

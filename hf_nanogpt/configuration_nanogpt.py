@@ -42,7 +42,7 @@ class NanoGPTConfig(PreTrainedConfig):
     """
 
     model_type = "nanogpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the KV cache under either release's name
     attribute_map = {
         "hidden_size": "n_embd",
         "num_attention_heads": "n_head",

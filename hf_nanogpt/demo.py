@@ -116,7 +116,8 @@ def main(argv=None) -> dict:
         reloaded_val_loss = model(x, shift_labels=y).loss.item()
     generator = pipeline("text-generation", model=str(out_dir))
     torch.manual_seed(args.seed)
-    sample = generator(args.prompt, max_new_tokens=args.block_size - len(args.prompt), do_sample=True, top_k=200, temperature=0.8)
+    # the folder's generation_config.json: sampling as nanoGPT's sample.py, up to block_size tokens in all
+    sample = generator(args.prompt)
     best = min(history, key=lambda h: h["val"])
     print("-" * 60)
     print(sample[0]["generated_text"])

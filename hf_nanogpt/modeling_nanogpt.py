@@ -11,7 +11,7 @@ generation, the attention backend chosen through `ALL_ATTENTION_FUNCTIONS` (eage
 gradient checkpointing, output capturing, and the loss shifted inside the model.
 
 This file is also the remote code saved next to the weights: it imports only torch, transformers and
-its sibling configuration file.
+its sibling configuration file, and it runs on whatever transformers 5.x release the loading side has.
 """
 
 import math
@@ -33,6 +33,12 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_nanogpt import ACTIVATIONS, NanoGPTConfig
+
+# transformers 5.24 renamed the KV cache from `past_key_values` to `cache`: the argument generate() passes to
+# forward, the argument of create_causal_mask and the field of the output classes (the old name is deprecated,
+# to be removed in 5.40). Remote code runs on whatever release the user has, so forward accepts either name and
+# passes the cache on, and returns it, under the name of the release that runs it.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 # Decoding multiplies a few rows by each weight matrix: its run time is reading the weights. On the CPU,
@@ -125,7 +131,7 @@ class CausalSelfAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden_states.shape  # batch size, sequence length, embedding dimensionality (n_embd)
@@ -133,8 +139,8 @@ class CausalSelfAttention(nn.Module):
         qkv = self.c_attn(hidden_states).view(B, T, 3, self.n_head, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
 
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, nh, S, hs), S = cached + T
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, nh, S, hs), S = cached + T
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -179,12 +185,10 @@ class Block(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
-        attn_out, _ = self.attn(
-            self.ln_1(hidden_states), attention_mask=attention_mask, past_key_values=past_key_values, **kwargs
-        )
+        attn_out, _ = self.attn(self.ln_1(hidden_states), attention_mask=attention_mask, cache=cache, **kwargs)
         hidden_states = hidden_states + attn_out
         hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
         return hidden_states
@@ -195,7 +199,7 @@ class NanoGPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -241,13 +245,32 @@ class NanoGPTModel(NanoGPTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding):
         self.wte = value
 
-    def _check_inputs(self, input_ids: torch.Tensor | None, position_ids: torch.Tensor, total_length: int):
-        """Clear errors where nn.Embedding would raise an IndexError (CPU) or a device-side assert (CUDA)."""
-        if total_length > self.config.block_size:
+    def _check_inputs(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        positions_given: bool,
+        past_length: int,
+        length: int,
+    ):
+        """Clear errors where nn.Embedding would raise an IndexError (CPU) or a device-side assert (CUDA), and
+        where a cache lost on the way (see CACHE_NAME) would silently give wrong tokens."""
+        block_size, total = self.config.block_size, past_length + length
+        # a row read as one sequence, cached tokens included, must fit the position embedding; a packed row
+        # (several sequences, each restarting its given position_ids at 0, no cache) may be longer
+        if total > block_size and (not positions_given or past_length > 0):
             raise ValueError(
-                f"Sequence length {total_length} (cached tokens plus new tokens) exceeds the model's "
-                f"block_size {self.config.block_size}: nanoGPT has no position embedding past it. "
-                f"Shorten the prompt or lower max_new_tokens."
+                f"Sequence length {total} (cached tokens plus new tokens) exceeds the model's block_size "
+                f"{block_size}: nanoGPT has no position embedding past it. Shorten the prompt (it can be cut "
+                f"from the left) or lower max_new_tokens."
+            )
+        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[-1] != total:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[-1]} tokens, but the KV cache holds {past_length} "
+                f"and the input has {length}: a 2-D mask covers the cached and the new tokens. If generate() "
+                f"called the model, the KV cache did not reach it (this model code reads it as `cache` or "
+                f"`past_key_values`): use an hf_nanogpt release that supports this transformers release."
             )
         if position_ids.numel() == 0:  # an empty input: nothing to look up
             return
@@ -255,9 +278,10 @@ class NanoGPTModel(NanoGPTPreTrainedModel):
         if input_ids is not None:
             bounds += [input_ids.min(), input_ids.max()]
         pos_low, pos_high, *id_bounds = torch.stack(bounds).tolist()  # one device sync for all bounds
-        if pos_low < 0 or pos_high >= self.config.block_size:
+        if pos_low < 0 or pos_high >= block_size:
             raise ValueError(
-                f"position_ids must be in [0, block_size={self.config.block_size}), got {pos_low} to {pos_high}."
+                f"position_ids must be in [0, {block_size}) (block_size {block_size}: nanoGPT has no position "
+                f"embedding past it), got {pos_low} to {pos_high}. Shorten the input."
             )
         if id_bounds and (id_bounds[0] < 0 or id_bounds[1] >= self.config.vocab_size):
             raise ValueError(
@@ -272,26 +296,33 @@ class NanoGPTModel(NanoGPTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        cache = one_cache(cache, past_key_values, kwargs)
         # a cache serves decoding; in training it would only copy every key and value (config.use_cache
-        # is True by default, so it must not decide alone)
-        if use_cache and past_key_values is None and not self.training:
-            past_key_values = DynamicCache(config=self.config)
+        # is True by default, so it must not decide alone), and recomputed checkpointed blocks would fill it twice
+        new_cache = use_cache and cache is None and not self.training
+        if new_cache:
+            cache = DynamicCache(config=self.config)
+        if self.training and self.h[0].gradient_checkpointing:
+            cache = None
 
         t = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         given_position_ids = position_ids
         if position_ids is None:
             device = input_ids.device if input_ids is not None else inputs_embeds.device
             position_ids = (torch.arange(t, device=device) + past_length).unsqueeze(0)  # (1, t)
         if not torch.compiler.is_compiling():  # data-dependent checks would break the graph
-            self._check_inputs(input_ids, position_ids, int(past_length) + t)
+            self._check_inputs(
+                input_ids, attention_mask, position_ids, given_position_ids is not None, int(past_length), t
+            )
 
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # token embeddings of shape (b, t, n_embd)
@@ -302,15 +333,36 @@ class NanoGPTModel(NanoGPTPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             # only position ids the caller gave can describe packed sequences; our own arange never does,
             # and leaving it out spares the mask code its packed-sequence scan on every step
             position_ids=given_position_ids,
+            # the mask code looks for packed sequences only without a cache; one made here is empty (no change
+            # to the mask's size) and must not turn a packed row into one long sequence
+            **{CACHE_NAME: None if new_cache else cache},
         )
         for block in self.h:
-            hidden_states = block(hidden_states, attention_mask=causal_mask, past_key_values=past_key_values, **kwargs)
+            hidden_states = block(hidden_states, attention_mask=causal_mask, cache=cache, **kwargs)
         hidden_states = self.ln_f(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_NAME: cache})
+
+
+def one_cache(cache: Cache | None, past_key_values: Cache | None, kwargs: dict) -> Cache | None:
+    """The KV cache passed under either name (see CACHE_NAME). Raises rather than let a cache go unused."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("Got two KV caches, `cache` and `past_key_values`: pass one (they are the same argument).")
+    cache = cache if cache is not None else past_key_values
+    if cache is not None and not isinstance(cache, Cache):
+        raise TypeError(
+            f"The KV cache must be a transformers Cache (DynamicCache, StaticCache, ...), got {type(cache).__name__}: "
+            f"transformers 5 no longer takes tuples of tensors."
+        )
+    unknown = [name for name, value in kwargs.items() if isinstance(value, Cache)]
+    if unknown:
+        raise TypeError(
+            f"A KV cache came as `{unknown[0]}=`, which this model code does not read (it reads `cache` or "
+            f"`past_key_values`): use an hf_nanogpt release that supports this transformers release."
+        )
+    return cache
 
 
 class NanoGPTForCausalLM(NanoGPTPreTrainedModel, GenerationMixin):
@@ -330,14 +382,18 @@ class NanoGPTForCausalLM(NanoGPTPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         r"""
+        cache / past_key_values (`Cache`, *optional*):
+            The KV cache, under either name: transformers 5.24 and later pass `cache`, earlier releases
+            `past_key_values`. The output carries it under the running release's name.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Usually the input ids themselves: they are shifted inside the model, so position i predicts
             labels[i + 1]; -100 is ignored. nanoGPT-style targets, already shifted, go in `shift_labels`.
@@ -349,7 +405,7 @@ class NanoGPTForCausalLM(NanoGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=one_cache(cache, past_key_values, {}),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -365,9 +421,9 @@ class NanoGPTForCausalLM(NanoGPTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
 
 

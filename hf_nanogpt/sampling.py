@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .configuration_nanogpt import NanoGPTConfig
+from .modeling_nanogpt import CACHE_NAME
 
 
 def replay_nanogpt_init_rng(config: NanoGPTConfig) -> None:
@@ -74,8 +75,8 @@ def nanogpt_generate(
     for _ in range(max_new_tokens):
         if use_cache and idx.size(1) <= block_size:
             step_input = idx if cache is None else idx[:, -1:]
-            out = model(step_input, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
+            out = model(step_input, cache=cache, use_cache=True, logits_to_keep=1)
+            cache = getattr(out, CACHE_NAME)
         else:
             # if the sequence context is growing too long we must crop it at block_size
             idx_cond = idx if idx.size(1) <= block_size else idx[:, -block_size:]

@@ -43,13 +43,15 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
 def generation_config_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None) -> GenerationConfig:
     """Generation defaults that work out of the box for this model and tokenizer.
 
-    - max_new_tokens is half the context, so prompt plus continuation fit block_size (the
-      text-generation pipeline's default of 256 new tokens would overrun a small model's wpe);
+    - max_length is block_size: every prompt gets the room that is left in the context, a caller's own
+      max_length or max_new_tokens (lm-evaluation-harness's max_gen_toks) is not overridden, and the
+      text-generation pipeline's default of 256 new tokens, which would overrun a small model's wpe, is
+      not applied;
     - bos/eos/pad from the tokenizer, pad = eos when the tokenizer has none (batched generation needs one);
     - ids the tokenizer cannot decode (nanoGPT pads GPT-2's 50257 up to 50304) are never generated.
     """
     config = model.config
-    gen = GenerationConfig(max_new_tokens=max(1, config.block_size // 2), do_sample=True, top_k=200, temperature=0.8)
+    gen = GenerationConfig(max_length=config.block_size, do_sample=True, top_k=200, temperature=0.8)
     if tokenizer is not None:
         eos = tokenizer.eos_token_id
         gen.bos_token_id = tokenizer.bos_token_id
@@ -71,10 +73,12 @@ def write_model_folder(
 ) -> Path:
     """Write `model` (safetensors, config, remote code), its tokenizer, generation config, model card
     and `extra_files` (name -> text or bytes) into `folder` (not atomic: see `save_model_folder`).
-    Special token ids are copied from the tokenizer into the model config. `state_dict` replaces the
-    model's own (a sharded model's gathered weights)."""
+    Special token ids are copied from the tokenizer into the model config, and the tokenizer's
+    model_max_length becomes block_size (so truncation in pipelines, Trainer and TRL fits the model).
+    `state_dict` replaces the model's own (a sharded model's gathered weights)."""
     folder = Path(folder)
     if tokenizer is not None:
+        tokenizer.model_max_length = model.config.block_size
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             setattr(model.config, name, getattr(tokenizer, name))
         if model.config.pad_token_id is None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import tiny_model
+from conftest import NANOGPT_FIXTURES, tiny_model
 from hf_nanogpt import cli
 from hf_nanogpt.saving import save_model_folder
 from hf_nanogpt.tokenization import char_tokenizer
@@ -72,3 +72,32 @@ def test_generate_missing_model_fails_cleanly(tmp_path):
         capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generate_sample_and_convert_print_no_deprecation_warnings(tmp_path):
+    """What a user sees on the running transformers release: no FutureWarning or deprecation notice (5.24
+    renamed the KV cache argument; the old name warns in every generate, sample and convert)."""
+    exe = [sys.executable, "-m", "hf_nanogpt.cli"]
+    folder = str(tmp_path / "model")
+    commands = [
+        ["convert", "nanogpt", str(NANOGPT_FIXTURES / "A_char_nobias"), folder],
+        ["generate", folder, "--prompt", "ROMEO:", "--max-new-tokens", "20", "--greedy"],
+        ["sample", folder, "--start", "ROMEO:", "--num_samples", "1", "--max_new_tokens", "20"],
+        ["sample", folder, "--start", "ROMEO:", "--num_samples", "1", "--max_new_tokens", "20", "--kv_cache"],
+    ]
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    for command in commands:
+        result = subprocess.run(exe + command, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        output = result.stdout + result.stderr
+        for word in ("FutureWarning", "DeprecationWarning", "deprecated", "past_key_values"):
+            assert word not in output, (command, output[-3000:])
+
+
+def test_generate_prompt_longer_than_the_block_is_a_clear_error(char_model_dir, capsys):
+    folder, _ = char_model_dir  # block_size 64
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", str(folder), "--prompt", "a" * 70])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the prompt is 70 tokens, 7 more than the 63") and "cut it from the left" in err

@@ -92,7 +92,7 @@ def test_pipeline_on_converted_folder(converted, name):
 def test_padded_vocab_is_suppressed_in_generation_config(converted):
     gen = GenerationConfig.from_pretrained(converted / B)
     assert gen.suppress_tokens == list(range(50257, 50304))
-    assert gen.max_new_tokens <= 64 and gen.eos_token_id == gen.pad_token_id == 50256
+    assert gen.max_length == 64 and gen.max_new_tokens is None and gen.eos_token_id == gen.pad_token_id == 50256
     assert GenerationConfig.from_pretrained(converted / A).suppress_tokens is None
 
 

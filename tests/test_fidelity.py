@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import load_nanogpt_fixture, model_from_nanogpt
+from hf_nanogpt.modeling_nanogpt import CACHE_NAME
 
 FIXTURES = ["A_char_nobias", "B_bpe_bias"]
 
@@ -72,7 +73,7 @@ def test_eager_sdpa_and_cache_agree_on_real_weights(fixture):
         out = sdpa(ids[:, :40], use_cache=True)
         steps = [out.logits]
         for t in range(40, ids.shape[1]):
-            out = sdpa(ids[:, t : t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = sdpa(ids[:, t : t + 1], cache=getattr(out, CACHE_NAME), use_cache=True)
             steps.append(out.logits)
     assert (a - b).abs().max() <= 1e-5
     assert (torch.cat(steps, 1) - b).abs().max() <= 1e-5

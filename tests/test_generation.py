@@ -5,13 +5,16 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache, StaticCache, pipeline
 
 from conftest import tiny_model
+from hf_nanogpt.modeling_nanogpt import CACHE_NAME
 from hf_nanogpt.saving import generation_config_for, save_model_folder
 
 
-def manual_greedy(model, ids: torch.Tensor, n: int) -> torch.Tensor:
-    """nanoGPT's generate with top_k=1: full forward each step, no cache."""
+def manual_greedy(model, ids: torch.Tensor, n: int, steps: list | None = None) -> torch.Tensor:
+    """nanoGPT's generate with top_k=1: full forward each step, no cache (each step's logits into `steps`)."""
     for _ in range(n):
         logits = model(ids, use_cache=False).logits[:, -1]
+        if steps is not None:
+            steps.append(logits)
         ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
     return ids
 
@@ -30,19 +33,41 @@ def test_greedy_dynamic_cache_matches_no_cache_loop(model, prompt):
     with torch.no_grad():
         expected = manual_greedy(model, prompt, 20)
     out = model.generate(prompt, max_new_tokens=20, do_sample=False, return_dict_in_generate=True)
-    assert isinstance(out.past_key_values, DynamicCache)
+    assert isinstance(getattr(out, CACHE_NAME), DynamicCache)
     assert torch.equal(out.sequences, expected)
     no_cache = model.generate(prompt, max_new_tokens=20, do_sample=False, use_cache=False)
     assert torch.equal(no_cache, expected)
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_cached_and_uncached_generation_give_the_same_logits(cache, padded):
+    """Every step's logits, not only the argmax (a small random model often repeats one token either way),
+    against generate without a cache and against full forwards outside generate."""
+    model = tiny_model(seed=23, initializer_range=0.5)  # large weights: varied tokens, not one repeated
+    ids = torch.randint(1, 96, (2, 7), generator=torch.Generator().manual_seed(24))
+    mask = torch.ones_like(ids)
+    if padded:
+        ids[1, :3], mask[1, :3] = 0, 0  # row 1 left-padded
+    kwargs = dict(attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    cached = model.generate(ids, cache_implementation=cache, **kwargs)
+    uncached = model.generate(ids, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert max((a - b).abs().max().item() for a, b in zip(cached.logits, uncached.logits)) <= 1e-5
+    steps = []
+    with torch.no_grad():
+        manual_greedy(model, ids[:1], 16, steps)  # row 0 has no padding: plain forwards give its logits
+    assert max((a[0] - b[0]).abs().max().item() for a, b in zip(cached.logits, steps)) <= 1e-5
+    assert len(set(cached.sequences[:, 7:].flatten().tolist())) > 4
+
+
 def test_static_cache(model, prompt):
     expected = model.generate(prompt, max_new_tokens=20, do_sample=False)
     out = model.generate(prompt, max_new_tokens=20, do_sample=False, cache_implementation="static", return_dict_in_generate=True)
-    assert isinstance(out.past_key_values, StaticCache)
+    assert isinstance(getattr(out, CACHE_NAME), StaticCache)
     assert torch.equal(out.sequences, expected)
     cache = StaticCache(config=model.config, max_cache_len=model.config.block_size)
-    assert torch.equal(model.generate(prompt, max_new_tokens=20, do_sample=False, past_key_values=cache), expected)
+    assert torch.equal(model.generate(prompt, max_new_tokens=20, do_sample=False, **{CACHE_NAME: cache}), expected)
 
 
 def test_sampling_is_seeded_and_cache_independent(model, prompt):
@@ -89,7 +114,8 @@ def test_left_padded_batch_gives_each_rows_tokens(attn):
 def test_generation_config_fits_block_size_and_suppresses_padded_vocab(gpt2_tok):
     model = tiny_model(vocab_size=50304, block_size=64)
     gen = generation_config_for(model, gpt2_tok)
-    assert gen.max_new_tokens <= model.config.block_size // 2
+    # a total length, so that a caller's max_length or max_new_tokens is not overridden
+    assert gen.max_length == model.config.block_size and gen.max_new_tokens is None
     assert gen.eos_token_id == gen.pad_token_id == 50256
     assert gen.suppress_tokens == list(range(50257, 50304))
 
@@ -135,3 +161,23 @@ def test_pipeline_batched_with_padding(gpt2_folder):
     for prompt, result in zip(prompts, batched):
         alone = pipe(prompt, max_new_tokens=8, do_sample=False)
         assert result[0]["generated_text"] == alone[0]["generated_text"]
+
+
+def test_callers_lengths_win_and_prompts_get_the_room_left(gpt2_folder, gpt2_tok):
+    """lm-evaluation-harness passes max_length (context + max_gen_toks); others pass max_new_tokens; with
+    neither, a prompt of any length up to block_size gets what is left of the context."""
+    model = AutoModelForCausalLM.from_pretrained(gpt2_folder)
+    ids = torch.tensor([gpt2_tok("Hello world").input_ids])
+    assert model.generate(ids, max_length=12, do_sample=False).shape[1] == 12
+    assert model.generate(ids, max_new_tokens=5, do_sample=False).shape[1] == 7
+    assert model.generate(ids, do_sample=False).shape[1] == 64
+    long = torch.randint(0, 50257, (1, 50), generator=torch.Generator().manual_seed(25))  # over half the block
+    assert model.generate(long, do_sample=False).shape[1] == 64
+
+
+def test_pipeline_with_a_prompt_over_half_the_block(gpt2_folder, gpt2_tok):
+    pipe = pipeline("text-generation", model=str(gpt2_folder))
+    prompt = " ".join(["hello"] * 40)  # 40 of the 64 tokens
+    assert pipe(prompt, do_sample=False)[0]["generated_text"].startswith(prompt)
+    assert len(pipe(prompt, do_sample=False, return_tensors=True)[0]["generated_token_ids"]) == 64
+    assert pipe.tokenizer.model_max_length == 64

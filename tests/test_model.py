@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
+from transformers import DataCollatorWithFlattening, DynamicCache
 
 from conftest import NANOGPT_FIXTURES, tiny_config, tiny_model
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM, NanoGPTModel
+from hf_nanogpt.modeling_nanogpt import CACHE_NAME
 
 
 def nanogpt_keys(n_layer: int, bias: bool) -> list[str]:
@@ -79,6 +80,59 @@ def test_generate_past_block_size_raises_valueerror():
     model = tiny_model()
     with pytest.raises(ValueError, match="block_size 32"):
         model.generate(torch.zeros(1, 30, dtype=torch.long), max_new_tokens=10, do_sample=False)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_packed_sequences_get_the_logits_they_get_alone(attn, mode):
+    """Padding-free batches (DataCollatorWithFlattening): one row of sequences longer together than
+    block_size, position_ids restarting at 0 for each. Only the position ids must stay below block_size."""
+    model = tiny_model(seed=21, attn_implementation=attn)  # block_size 32, dropout 0
+    model.train(mode == "train")
+    g = torch.Generator().manual_seed(22)
+    seqs = [torch.randint(0, 96, (n,), generator=g) for n in (30, 25, 15)]  # 70 tokens in one row
+    batch = DataCollatorWithFlattening(return_tensors="pt")([{"input_ids": s.tolist()} for s in seqs])
+    assert batch["input_ids"].shape == (1, 70) and batch["position_ids"].max() == 29
+    with torch.set_grad_enabled(mode == "train"):
+        packed = model(**batch)
+        alone = [model(s[None], labels=s[None]) for s in seqs]
+    assert (packed.logits[0] - torch.cat([out.logits[0] for out in alone])).abs().max() <= 1e-5
+    # the loss of the packed row is the token-weighted mean of the sequences' own losses
+    expected = sum(out.loss * (len(s) - 1) for out, s in zip(alone, seqs)) / sum(len(s) - 1 for s in seqs)
+    assert torch.allclose(packed.loss, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="position_ids"):  # a packed sequence may still not pass block_size
+        model(torch.zeros(1, 40, dtype=torch.long), position_ids=torch.cat([torch.arange(33), torch.arange(7)])[None])
+
+
+def test_cache_is_read_under_either_name_and_returned_under_the_running_releases():
+    """transformers 5.24 renamed past_key_values to cache (see CACHE_NAME); remote code must take both."""
+    model = tiny_model()
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        for name in ("cache", "past_key_values"):
+            cache = DynamicCache(config=model.config)
+            first = model(ids[:, :8], use_cache=True, **{name: cache})
+            assert getattr(first, CACHE_NAME) is cache and CACHE_NAME in first.keys()
+            rest = model(ids[:, 8:], use_cache=True, **{name: cache})
+            assert (torch.cat([first.logits, rest.logits], 1) - full).abs().max() <= 1e-5
+        base = model.transformer(ids, use_cache=True)
+        assert isinstance(getattr(base, CACHE_NAME), DynamicCache)
+
+
+def test_a_cache_the_model_cannot_honour_raises():
+    """Never silently wrong: a cache under an unknown name, two caches, a legacy tuple, or a decode step
+    whose cache did not arrive (the 5.24 failure: the last token alone at position 0) raise."""
+    model = tiny_model()
+    ids = torch.randint(0, 96, (1, 6))
+    with pytest.raises(TypeError, match="kv_cache="):
+        model(ids, kv_cache=DynamicCache(config=model.config))
+    with pytest.raises(ValueError, match="two KV caches"):
+        model(ids, cache=DynamicCache(config=model.config), past_key_values=DynamicCache(config=model.config))
+    with pytest.raises(TypeError, match="transformers Cache"):
+        model(ids, past_key_values=((torch.zeros(1, 4, 2, 8),) * 2,) * 2)
+    with pytest.raises(ValueError, match="did not reach"):  # a 7-token mask, 1 new token, nothing cached
+        model(ids[:, -1:], attention_mask=torch.ones(1, 7, dtype=torch.long))
 
 
 @pytest.mark.parametrize("bad", [-1, 96, 10_000])

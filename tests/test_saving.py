@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from conftest import tiny_model
 from hf_nanogpt.saving import atomic_output_dir, save_model_folder
+from hf_nanogpt.tokenization import char_tokenizer
 
 
 def test_save_model_folder_contents(tmp_path, gpt2_tok):
@@ -18,10 +19,20 @@ def test_save_model_folder_contents(tmp_path, gpt2_tok):
             "modeling_nanogpt.py", "configuration_nanogpt.py"} <= names
     assert [p for p in os.listdir(tmp_path) if p != "m"] == []  # no temporary folders left
     gen = GenerationConfig.from_pretrained(out)
-    assert gen.max_new_tokens == 32 and gen.pad_token_id == 50256
+    assert gen.max_length == 64 and gen.max_new_tokens is None and gen.pad_token_id == 50256
     loaded = AutoModelForCausalLM.from_pretrained(out)
     assert loaded.config.eos_token_id == 50256 and loaded.config.pad_token_id == 50256
-    assert AutoTokenizer.from_pretrained(out)("Hello world").input_ids == [15496, 995]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer("Hello world").input_ids == [15496, 995]
+    assert tokenizer.model_max_length == 64  # block_size, not GPT-2's 1024
+
+
+def test_char_tokenizer_gets_the_block_size_as_its_max_length(tmp_path):
+    """Pipelines, Trainer and TRL truncate to model_max_length: a char vocabulary has none of its own (1e30)."""
+    out = save_model_folder(tiny_model(vocab_size=3, block_size=16), tmp_path / "m", char_tokenizer("abc"))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.model_max_length == 16
+    assert len(tokenizer("abc" * 10, truncation=True).input_ids) == 16
 
 
 def test_existing_folder_needs_overwrite(tmp_path):
