@@ -5,6 +5,8 @@ from pathlib import Path
 
 import torch
 
+from hf_nanogpt.saving import check_apart
+
 MAX_ABS_DIFF = 1e-5  # float32 logits; scaled up when logits are large (see `logits_tolerance`)
 
 
@@ -12,8 +14,10 @@ class ConversionError(ValueError):
     """Input that cannot be converted; the message names the file and what is wrong."""
 
 
-def require_writable_output(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """An existing non-empty output folder is only replaced with --overwrite (checked before any work)."""
+def require_writable_output(out_dir: str | os.PathLike, overwrite: bool, source: str | os.PathLike) -> Path:
+    """Checked before any work: OUT is apart from the source, and an existing non-empty OUT is only
+    replaced with --overwrite."""
+    check_apart(out_dir, source)
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty: pass --overwrite to replace it.")

@@ -244,7 +244,7 @@ def convert_gpt2(src: str | os.PathLike, out_dir: str | os.PathLike, overwrite: 
 
     Written beside `out_dir` and renamed at the end; on any failure nothing is written.
     """
-    out_dir = require_writable_output(out_dir, overwrite)
+    out_dir = require_writable_output(out_dir, overwrite, source=src)
     model, folder = gpt2_as_nanogpt(src)
     config = model.config
     tokenizer, tok_desc = source_tokenizer(folder, config.vocab_size)
@@ -327,7 +327,7 @@ def export_gpt2(model_id: str | os.PathLike, out_dir: str | os.PathLike, overwri
     custom code, checked against the source (logits within 1e-5). One model in memory at a time."""
     import hf_nanogpt  # noqa: F401
 
-    out_dir = require_writable_output(out_dir, overwrite)
+    out_dir = require_writable_output(out_dir, overwrite, source=model_id)
     folder = resolve_source(model_id)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=trust_remote_code).eval()
     if model.config.model_type != "nanogpt":

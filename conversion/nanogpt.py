@@ -202,7 +202,7 @@ def convert_nanogpt(
     The folder is written beside `out_dir`, reloaded and checked against the source weights (logits
     within 1e-5), and only then renamed into place: on any failure nothing is written.
     """
-    out_dir = require_writable_output(out_dir, overwrite)
+    out_dir = require_writable_output(out_dir, overwrite, source=src)
     ckpt_path, ckpt, config, state_dict = read_nanogpt(src)
     tok, tok_desc = resolve_tokenizer(ckpt_path, ckpt, tokenizer, meta)
 
@@ -305,6 +305,7 @@ def export_nanogpt(
     char-level tokenizer, so that nanoGPT's sample.py and train.py (init_from='resume') run on it."""
     import hf_nanogpt  # noqa: F401
 
+    out_dir = require_writable_output(out_dir, overwrite, source=model_id)
     model = AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=trust_remote_code, dtype=torch.float32)
     if model.config.model_type != "nanogpt":
         raise ValueError(
@@ -348,7 +349,7 @@ def export_nanogpt(
     except (OSError, ValueError):
         tokenizer = None
     stoi = char_vocab(tokenizer) if tokenizer is not None else None
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite=True) as tmp:  # OUT was checked above, before any work
         torch.save(ckpt, tmp / "ckpt.pt")
         if stoi is not None:
             write_meta_pkl(tmp / "meta.pkl", stoi)

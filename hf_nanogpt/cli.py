@@ -30,8 +30,19 @@ def load_model_and_tokenizer(model_id: str, device: str = "cpu", dtype: str = "a
 
     logging.disable_progress_bar()  # keep the terminal for the generated text
 
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ValueError(f"--device {device}: no CUDA device is available (torch {torch.__version__}, {build}); use --device cpu.")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError):
+        raise
+    except Exception as err:  # a truncated safetensors file, weights whose shapes disagree with config.json
+        raise ValueError(
+            f"{model_id}: the model could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            f"Are model.safetensors and config.json complete and from the same model? Write the folder again."
+        ) from err
     tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
     return model.to(device).eval(), tokenizer
 
@@ -40,7 +51,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
-    input_ids = tokenizer(args.prompt, return_tensors="pt").input_ids.to(args.device)
+    from .tokenization import encode_text
+
+    input_ids = torch.tensor([encode_text(tokenizer, args.prompt, "--prompt")], dtype=torch.long, device=args.device)
     if input_ids.shape[1] == 0:
         raise ValueError("the prompt encodes to no tokens; pass a non-empty --prompt.")
     block_size, prompt_length = model.config.max_position_embeddings, input_ids.shape[1]

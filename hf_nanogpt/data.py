@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .saving import atomic_output_dir
+from .saving import atomic_output_dir, check_apart
 from .tokenization import GPT2_EOS, char_tokenizer, char_vocab, load_tokenizer, read_meta_pkl, write_meta_pkl
 
 INFO_FILE = "data_info.json"
@@ -149,6 +149,9 @@ def prepare(
     meta.pkl written), "gpt2", or a tokenizer folder / meta.pkl."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+    check_apart(out_dir, source, "OUT_DIR", "INPUT")
+    if Path(out_dir).exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists: pass --overwrite to replace it.")
     documents, what = read_documents(source, text_column)
     if tokenizer == "char":
         tok = char_tokenizer("".join(documents))

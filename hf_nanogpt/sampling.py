@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from .configuration_nanogpt import NanoGPTConfig
 from .modeling_nanogpt import CACHE_NAME
+from .tokenization import encode_text
 
 
 def replay_nanogpt_init_rng(config: NanoGPTConfig) -> None:
@@ -120,7 +121,7 @@ def sample(
         torch.cuda.manual_seed(seed)
     replay_nanogpt_init_rng(model.config)
     device = next(model.parameters()).device
-    start_ids = tokenizer(read_start(start), add_special_tokens=False)["input_ids"]
+    start_ids = encode_text(tokenizer, read_start(start), "--start")
     if not start_ids:
         raise ValueError("--start encodes to no tokens: give at least one character.")
     x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]

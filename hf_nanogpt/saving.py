@@ -14,11 +14,44 @@ from pathlib import Path
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 
+def check_apart(out: str | os.PathLike, source: str | os.PathLike, out_name: str = "OUT", source_name: str = "SRC") -> None:
+    """Refuse, before any work, an output that is its source, holds it or lies inside it: replacing the
+    output would delete the source (a Hub id, which is no local path, is never in the way)."""
+    src, dst = Path(source), Path(out)
+    if not src.exists():
+        return
+    src, dst = src.resolve(), dst.resolve()
+    if src == dst:
+        how = "is"
+    elif src in dst.parents:
+        how = "lies inside"
+    elif dst in src.parents:
+        how = "holds"
+    else:
+        return
+    raise ValueError(
+        f"{out_name} {out} {how} {source_name} {source}: writing {out_name} would replace or delete what it is "
+        f"made from. Pick an {out_name} outside {source_name} (e.g. a sibling folder)."
+    )
+
+
+def umask_modes(folder: Path) -> None:
+    """Give `folder` and everything in it the modes the umask gives new folders and files (0755 and 0644
+    under umask 022): tempfile's folders and safetensors' files are private (0700, 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder beside `out_dir`; on success it replaces `out_dir` by rename.
 
-    On any exception the temporary folder is removed and `out_dir` is left as it was.
+    On any exception the temporary folder is removed and `out_dir` is left as it was. What lands gets the
+    modes the umask gives (`umask_modes`), so that other users and a cluster's jobs can read it.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -27,6 +60,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         yield tmp
+        umask_modes(tmp)
         if out_dir.exists():
             # rename the old folder aside first, so that at every moment one complete folder exists
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
@@ -112,4 +146,4 @@ def save_model_folder(
     return Path(out_dir)
 
 
-__all__ = ["atomic_output_dir", "generation_config_for", "save_model_folder", "write_model_folder"]
+__all__ = ["atomic_output_dir", "check_apart", "umask_modes", "generation_config_for", "save_model_folder", "write_model_folder"]

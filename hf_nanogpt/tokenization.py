@@ -81,6 +81,21 @@ def char_tokenizer(chars: Iterable[str] | Mapping[str, int], model_max_length: i
     return tokenizer
 
 
+def encode_text(tokenizer, text: str, what: str = "the prompt") -> list[int]:
+    """Token ids of `text`; a ValueError naming the characters a char-level vocabulary lacks (the tokenizers
+    library raises a bare Exception about CHAR_UNKNOWN)."""
+    try:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    except Exception as err:
+        if CHAR_UNKNOWN not in str(err):
+            raise
+        missing = sorted(set(text) - set(tokenizer.get_vocab()))
+        raise ValueError(
+            f"{what} has characters this model's char-level vocabulary does not have: {''.join(missing)!r}. "
+            f"Use only characters of its {len(tokenizer)}-character vocabulary."
+        ) from None
+
+
 def has_gpt2_files(path: Path) -> bool:
     return any((path / v).is_file() and (path / m).is_file() for v, m in GPT2_FILE_PAIRS)
 
@@ -156,6 +171,7 @@ def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
 
 __all__ = [
     "CHAR_UNKNOWN",
+    "encode_text",
     "GPT2_BPE_DIR",
     "GPT2_EOS",
     "char_tokenizer",

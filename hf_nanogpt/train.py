@@ -170,6 +170,19 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
+def micro_steps_per_process(cfg: TrainConfig, world: int) -> int:
+    """gradient_accumulation_steps is the total over all processes, as in nanoGPT: each does its share."""
+    if cfg.gradient_accumulation_steps % world:
+        steps = world * math.ceil(cfg.gradient_accumulation_steps / world)
+        keep = cfg.batch_size * cfg.gradient_accumulation_steps
+        hint = f" and --batch_size={keep // steps} to keep {keep} sequences per iteration" if keep % steps == 0 else ""
+        raise ValueError(
+            f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) is the total over all processes, as in "
+            f"nanoGPT, and must be divisible by their number ({world}): pass --gradient_accumulation_steps={steps}{hint}."
+        )
+    return cfg.gradient_accumulation_steps // world
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Values no run can use, named with what was found."""
     positive = ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size", "block_size",
@@ -354,7 +367,7 @@ def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset
     """The Hugging Face model folder in out_dir: each file written beside and renamed into place."""
     from transformers.utils import logging as hf_logging
 
-    from .saving import write_model_folder
+    from .saving import umask_modes, write_model_folder
 
     hf_logging.disable_progress_bar()  # the training bar is the one to watch
     state_dict = accelerator.get_state_dict(model)  # gathered from every process under FSDP/DeepSpeed
@@ -376,9 +389,32 @@ def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset
         extra_files=extra,
         state_dict=state_dict,
     )
+    umask_modes(tmp)
     for item in tmp.iterdir():
         os.replace(item, out_dir / item.name)
     tmp.rmdir()
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """What a run killed while writing leaves: the half-written model folder and checkpoint."""
+    for tmp in [*out_dir.glob(".model.tmp"), *(out_dir / CHECKPOINTS).glob(".*.tmp")]:
+        print(f"removing {tmp}, left half-written by an interrupted run")
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink()
+
+
+def check_random_state(resume_dir: Path, rank: int) -> None:
+    """Accelerate resumes without a random state it cannot read, saying so only at info level: say it."""
+    from accelerate.utils import load
+
+    path = resume_dir / f"random_states_{rank}.pkl"
+    try:
+        load(path)  # as accelerate's load_state reads it
+    except Exception as err:
+        print(f"warning: {path} could not be read ({type(err).__name__}: {err}); resuming without its random "
+              f"state, so this run is no longer bit-exact with an uninterrupted one.", file=sys.stderr, flush=True)
 
 
 def save_checkpoint(accelerator, model, cfg, state: dict, data_state: dict) -> Path:
@@ -472,17 +508,28 @@ def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool)
 
 
 class Preemption:
-    """SIGTERM (a cluster taking the machine back) asks for a checkpoint and a clean exit."""
+    """SIGTERM (a cluster taking the machine back) and Ctrl-C (SIGINT) ask for a checkpoint and a clean
+    exit at the end of the iteration; a second Ctrl-C aborts at once."""
 
     def __init__(self):
-        self.requested = False
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
+        self.signal: str | None = None  # the name of the first signal that came
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if signum == signal.SIGINT and self.signal == "SIGINT":
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            print("\nCtrl-C: saving a checkpoint, then stopping (Ctrl-C again stops at once, without it)",
+                  file=sys.stderr, flush=True)
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -493,10 +540,12 @@ def train(cfg: TrainConfig) -> dict:
     from safetensors.torch import load_file
 
     from .data import TokenData
+    from .saving import check_apart
 
     # -- everything that can be wrong with the input, before any work
     check_config(cfg)
     data_dir = Path(cfg.data_dir or Path("data") / cfg.dataset)
+    check_apart(cfg.out_dir, data_dir, "out_dir", "data_dir")
     data = TokenData(data_dir)
     data.check_block_size(cfg.block_size)
     model, base_model, resume_dir = build_model(cfg, data.vocab_size)
@@ -525,16 +574,12 @@ def train(cfg: TrainConfig) -> dict:
         dynamo_backend="inductor" if cfg.compile else None,
     )
     world, rank = accelerator.num_processes, accelerator.process_index
-    if cfg.gradient_accumulation_steps % world:
-        raise ValueError(
-            f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) is the total over all processes, as in "
-            f"nanoGPT, and must be divisible by their number ({world})."
-        )
-    grad_accum = cfg.gradient_accumulation_steps // world
+    grad_accum = micro_steps_per_process(cfg, world)
     main = accelerator.is_main_process
     out_dir = Path(cfg.out_dir)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)
     set_seed(cfg.seed + rank)  # dropout differs per process; the data windows do not (below)
 
     model.set_attn_implementation(cfg.attn_implementation)
@@ -548,6 +593,7 @@ def train(cfg: TrainConfig) -> dict:
     iter_num, best_val_loss, history = 0, 1e9, []
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
+        check_random_state(resume_dir, rank)
         saved = json.loads((resume_dir / STATE_FILE).read_text())
         iter_num, best_val_loss, history = saved["iter_num"], saved["best_val_loss"], saved["history"]
         data_state = load_file(resume_dir / DATA_STATE_FILE)
@@ -664,7 +710,7 @@ def train(cfg: TrainConfig) -> dict:
                 break
             if _any(accelerator, preemption.requested):
                 checkpoint(eval_gen.get_state())
-                stopped = "SIGTERM"
+                stopped = preemption.signal or "SIGTERM"  # the signal may have reached another process only
                 break
     finally:
         preemption.restore()
@@ -672,9 +718,9 @@ def train(cfg: TrainConfig) -> dict:
         if log_file is not None:
             log_file.close()
 
-    if stopped == "SIGTERM":
+    if stopped in ("SIGTERM", "SIGINT"):
         if main:
-            print(f"SIGTERM: saved a checkpoint at iter {iter_num} in {out_dir / CHECKPOINTS}; resume with --init_from=resume")
+            print(f"{stopped}: saved a checkpoint at iter {iter_num} in {out_dir / CHECKPOINTS}; resume with --init_from=resume")
     elif stopped is not None:
         accelerator.end_training()
         raise FloatingPointError(f"{stopped}: stopping; the last good checkpoint is kept in {out_dir / CHECKPOINTS}.")
@@ -722,13 +768,22 @@ def _push(cfg: TrainConfig, message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done (or stopped by SIGTERM with a checkpoint), 1 a NaN loss, 2 bad input (`error: ...`,
+    as every hf-nanogpt command), 130 Ctrl-C (as shells use)."""
     cfg = parse_args(argv)
     try:
-        train(cfg)
+        result = train(cfg)
     except FloatingPointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    return 0
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"stopped by a second Ctrl-C; the last complete checkpoint in {Path(cfg.out_dir) / CHECKPOINTS} is kept",
+              file=sys.stderr)
+        return 130
+    return 130 if result["stopped"] == "SIGINT" else 0
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import json
 import shutil
 import subprocess
 import sys
@@ -101,3 +102,39 @@ def test_generate_prompt_longer_than_the_block_is_a_clear_error(char_model_dir, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: the prompt is 70 tokens, 7 more than the 63") and "cut it from the left" in err
+
+
+@pytest.mark.parametrize("command", ["generate", "sample"])
+def test_characters_outside_a_char_vocabulary_are_a_clear_error(char_model_dir, command, capsys):
+    folder, _ = char_model_dir
+    flag = "--prompt" if command == "generate" else "--start"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, str(folder), flag, "Señor €uro"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag} has characters") and "'ñ€'" in err
+
+
+def test_broken_folders_and_a_missing_gpu_are_clear_errors(char_model_dir, tmp_path, capsys):
+    folder, _ = char_model_dir
+    truncated, mismatched = tmp_path / "truncated", tmp_path / "mismatched"
+    shutil.copytree(folder, truncated)
+    shutil.copytree(folder, mismatched)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    config = json.loads((mismatched / "config.json").read_text())
+    (mismatched / "config.json").write_text(json.dumps({**config, "n_embd": 64}))
+    cases = [
+        (["generate", str(truncated), "--prompt", "a"], "could not be loaded"),
+        (["generate", str(mismatched), "--prompt", "a"], "could not be loaded"),
+        (["sample", str(truncated), "--start", "a"], "could not be loaded"),
+    ]
+    if not torch.cuda.is_available():
+        cases += [(["generate", str(folder), "--prompt", "a", "--device", "cuda"], "no CUDA device"),
+                  (["sample", str(folder), "--start", "a", "--device", "cuda"], "no CUDA device")]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err, (argv, err)

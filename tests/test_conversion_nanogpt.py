@@ -219,8 +219,10 @@ def test_export_refuses_other_models_and_existing_output(converted, tmp_path):
     with pytest.raises(ValueError, match="model_type 'gpt2'"):
         export_nanogpt(tmp_path / "gpt2", tmp_path / "x")
     (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "keep.txt").write_text("x")  # as convert: an empty OUT is used, a non-empty one kept
     with pytest.raises(FileExistsError):
         export_nanogpt(converted / A, tmp_path / "exists")
+    assert os.listdir(tmp_path / "exists") == ["keep.txt"]
 
 
 # -- nanoGPT-compatible sampling ----------------------------------------------------------------------

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, get_
 
 from conftest import FIXTURES, NANOGPT_FIXTURES
 from hf_nanogpt.data import TokenData, prepare
-from hf_nanogpt.train import TrainConfig, get_lr, latest_checkpoint, load_config_file, parse_args, train
+from hf_nanogpt.train import TrainConfig, get_lr, latest_checkpoint, load_config_file, micro_steps_per_process, parse_args, train
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -383,3 +383,70 @@ def test_push_to_hub_publishes_the_model_not_the_training_state(char_data, tmp_p
     assert not any(f.startswith(("checkpoints/", "logs/")) or f == "log.jsonl" for f in files)
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| 10 |" in card
+
+
+def test_out_dir_over_the_data_is_refused(char_data, tmp_path):
+    with pytest.raises(ValueError, match="out_dir .* is data_dir"):
+        train(tiny(char_data, char_data))
+    with pytest.raises(ValueError, match="out_dir .* lies inside data_dir"):
+        train(tiny(char_data, char_data / "out"))
+    assert not (char_data / "out").exists() and sorted(os.listdir(char_data)) == ["data_info.json", "meta.pkl", "train.bin", "val.bin"]
+
+
+def test_a_run_removes_what_a_killed_run_left_half_written(char_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / ".model.tmp").mkdir(parents=True)
+    (out / ".model.tmp" / "model.safetensors").write_bytes(b"half")
+    (out / "checkpoints" / ".iter_0000010.tmp").mkdir(parents=True)
+    train(tiny(char_data, out, max_iters=2))
+    assert not (out / ".model.tmp").exists() and not list((out / "checkpoints").glob(".*.tmp"))
+    assert "left half-written by an interrupted run" in capsys.readouterr().out
+
+
+def test_an_unreadable_random_state_is_said_on_resume(char_data, tmp_path, capsys):
+    train(tiny(char_data, tmp_path / "out", max_iters=10, always_save_checkpoint=True))
+    (latest_checkpoint(tmp_path / "out") / "random_states_0.pkl").write_bytes(b"not a pickle")
+    capsys.readouterr()
+    train(tiny(char_data, tmp_path / "out", init_from="resume", max_iters=12))
+    err = capsys.readouterr().err
+    assert "random_states_0.pkl could not be read" in err and "no longer bit-exact" in err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_a_second_one_stops_at_once(char_data, tmp_path):
+    """Ctrl-C is SIGTERM's twin (a checkpoint, one line, exit 130); a second Ctrl-C aborts, without a traceback."""
+    cfg = tiny(char_data, tmp_path / "out", max_iters=100000, lr_decay_iters=100000, eval_interval=1000)
+    for presses in (1, 2):
+        proc = run_trainer(cfg if presses == 1 else tiny(char_data, tmp_path / "out", init_from="resume", max_iters=100000,
+                                                         lr_decay_iters=100000, eval_interval=1000))
+        deadline, seen = time.time() + 240, len(step_losses(tmp_path / "out")) if presses == 2 else 0
+        while not (tmp_path / "out" / "log.jsonl").exists() or len(step_losses(tmp_path / "out")) < seen + 5:
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        for _ in range(presses):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.01)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130, output
+        assert "Traceback" not in output, output
+        if presses == 1:
+            assert "SIGINT: saved a checkpoint at iter" in output
+            assert latest_checkpoint(tmp_path / "out") is not None
+        else:
+            assert "stopped by a second Ctrl-C" in output
+
+
+def test_the_two_process_config_runs_the_command_in_its_header(char_data, tmp_path):
+    """configs/accelerate/cpu_2proc.yaml documents a command; it runs (on this data, briefly)."""
+    config = Path(__file__).parents[1] / "configs" / "accelerate" / "cpu_2proc.yaml"
+    command = next(line.lstrip("# ").split() for line in config.read_text().splitlines() if "accelerate launch" in line)
+    assert command[:4] == ["accelerate", "launch", "--config_file", "configs/accelerate/cpu_2proc.yaml"]
+    brief = [f"--data_dir={char_data}", f"--out_dir={tmp_path / 'out'}", "--max_iters=2", "--eval_interval=2",
+             "--eval_iters=1", "--n_layer=1", "--n_embd=32", "--n_head=2", "--block_size=32", "--log_with=none", "--compile=False"]
+    launch = [str(BIN / "accelerate"), *command[1:4], "--main_process_port", str(free_port()), *command[4:], *brief]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env, cwd=config.parents[2])  # the repo
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "(2 process(es)" in result.stdout
+    # without the header's flags the preset stops at once, saying which flags to pass
+    with pytest.raises(ValueError, match="--gradient_accumulation_steps=2 and --batch_size=6 to keep 12 sequences"):
+        micro_steps_per_process(TrainConfig(**load_config_file("shakespeare_char_cpu")), 2)
