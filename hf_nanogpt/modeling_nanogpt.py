@@ -415,6 +415,8 @@ class NanoGPTForCausalLM(NanoGPTPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states[:, slice_indices, :])
 
         loss = None
+        if kwargs.get("shift_labels") is not None:  # a slice such as nanoGPT's y = ids[:, 1:] (the loss views it)
+            kwargs["shift_labels"] = kwargs["shift_labels"].contiguous()
         if labels is not None or kwargs.get("shift_labels") is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
 

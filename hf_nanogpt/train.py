@@ -780,7 +780,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"stopped by a second Ctrl-C; the last complete checkpoint in {Path(cfg.out_dir) / CHECKPOINTS} is kept",
+        # a second Ctrl-C in the loop, or one before it started
+        print(f"stopped by Ctrl-C at once; any complete checkpoint in {Path(cfg.out_dir) / CHECKPOINTS} is kept",
               file=sys.stderr)
         return 130
     return 130 if result["stopped"] == "SIGINT" else 0

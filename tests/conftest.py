@@ -19,7 +19,8 @@ from hub_server import HubServer  # noqa: E402  (stdlib only)
 WRITE_TOKEN = "hf_" + secrets.token_hex(17)  # alice, write access
 READ_TOKEN = "hf_" + secrets.token_hex(17)  # alice, read-only
 OTHER_TOKEN = "hf_" + secrets.token_hex(17)  # bob, write access to his own namespace only
-HUB_TOKENS = {WRITE_TOKEN: "alice", READ_TOKEN: {"name": "alice", "role": "read"}, OTHER_TOKEN: "bob"}
+README_TOKEN = "hf_" + secrets.token_hex(17)  # your-name, as the README's examples write it (tests/test_readme.py)
+HUB_TOKENS = {WRITE_TOKEN: "alice", READ_TOKEN: {"name": "alice", "role": "read"}, OTHER_TOKEN: "bob", README_TOKEN: "your-name"}
 _HUB_TMP = tempfile.mkdtemp(prefix="hf_nanogpt-tests-")
 HUB = HubServer(root=os.path.join(_HUB_TMP, "store"), tokens=HUB_TOKENS).start()
 for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_XET_CACHE"):

@@ -369,3 +369,15 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
 def test_load_checkpoint_uses_weights_only(tmp_path):
     ckpt = load_checkpoint(NANOGPT_FIXTURES / A / "ckpt.pt")
     assert set(ckpt) >= {"model", "model_args", "optimizer", "iter_num", "best_val_loss", "config"}
+
+
+def test_torch_floor_has_a_safe_weights_only_unpickler():
+    """torch.load(weights_only=True), which reads every checkpoint here, could corrupt memory on crafted
+    files up to torch 2.9.1 (fixed in 2.10.0): pyproject must not admit those releases."""
+    import re
+
+    from packaging.version import Version
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    floor = re.search(r'^\s*"torch>=([\d.]+)', pyproject, re.M).group(1)
+    assert Version(floor) >= Version("2.10"), floor

@@ -432,7 +432,7 @@ def test_ctrl_c_saves_a_checkpoint_and_a_second_one_stops_at_once(char_data, tmp
             assert "SIGINT: saved a checkpoint at iter" in output
             assert latest_checkpoint(tmp_path / "out") is not None
         else:
-            assert "stopped by a second Ctrl-C" in output
+            assert "stopped by Ctrl-C at once" in output
 
 
 def test_the_two_process_config_runs_the_command_in_its_header(char_data, tmp_path):
@@ -450,3 +450,13 @@ def test_the_two_process_config_runs_the_command_in_its_header(char_data, tmp_pa
     # without the header's flags the preset stops at once, saying which flags to pass
     with pytest.raises(ValueError, match="--gradient_accumulation_steps=2 and --batch_size=6 to keep 12 sequences"):
         micro_steps_per_process(TrainConfig(**load_config_file("shakespeare_char_cpu")), 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_device_cuda_without_cuda_is_an_error_line(char_data, tmp_path, capsys):
+    from hf_nanogpt.train import main
+
+    assert main(as_args(tiny(char_data, tmp_path / "out", device="cuda"))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: device=cuda, but no CUDA device is available") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
