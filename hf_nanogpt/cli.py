@@ -50,9 +50,9 @@ def load_model_and_tokenizer(model_id: str, device: str = "cpu", dtype: str = "a
 def cmd_generate(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
-    model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
     from .tokenization import encode_text
 
+    model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
     input_ids = torch.tensor([encode_text(tokenizer, args.prompt, "--prompt")], dtype=torch.long, device=args.device)
     if input_ids.shape[1] == 0:
         raise ValueError("the prompt encodes to no tokens; pass a non-empty --prompt.")

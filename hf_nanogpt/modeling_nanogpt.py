@@ -405,9 +405,10 @@ class NanoGPTForCausalLM(NanoGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=one_cache(cache, past_key_values, {}),
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            past_key_values=past_key_values,  # the trunk takes either name and checks them once (one_cache)
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
