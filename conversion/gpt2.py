@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
 
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
-from hf_nanogpt.conversion.common import ConversionError, check_logits, probe_batch, require_writable_output
+from hf_nanogpt.conversion.common import ConversionError, check_logits, load_for_export, probe_batch, require_writable_output
 from hf_nanogpt.model_card import GPT2_HUB_IDS, render_model_card, table
 from hf_nanogpt.saving import atomic_output_dir, generation_config_for, write_model_folder
 from hf_nanogpt.tokenization import gpt2_tokenizer, has_gpt2_files
@@ -294,6 +294,7 @@ def gpt2_model_card(src: str, config: NanoGPTConfig, tok_desc: str, name: str, n
 def gpt2_config_from_nanogpt(config: NanoGPTConfig) -> GPT2Config:
     return GPT2Config(
         **{theirs: getattr(config, ours) for theirs, ours in CONFIG_FIELDS.items()},  # a padded vocab is kept
+        n_ctx=config.block_size,  # what llama.cpp's convert_hf_to_gguf.py reads as the context length (Hub gpt2 has it)
         embd_pdrop=config.dropout,
         attn_pdrop=config.dropout,
         tie_word_embeddings=True,
@@ -325,17 +326,9 @@ def to_gpt2_state_dict(tensors: Iterator[tuple[str, torch.Tensor]], gpt2_config:
 def export_gpt2(model_id: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, trust_remote_code: bool = False, log=print) -> Path:
     """A hf_nanogpt model folder (or Hub id) -> a GPT2LMHeadModel folder stock transformers loads with no
     custom code, checked against the source (logits within 1e-5). One model in memory at a time."""
-    import hf_nanogpt  # noqa: F401
-
     out_dir = require_writable_output(out_dir, overwrite, source=model_id)
     folder = resolve_source(model_id)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=trust_remote_code).eval()
-    if model.config.model_type != "nanogpt":
-        raise ConversionError(f"{model_id}: expected a nanogpt model, found model_type {model.config.model_type!r}.")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError):
-        tokenizer = None
+    model, tokenizer = load_for_export(folder, trust_remote_code)
     config, generation_config = model.config, model.generation_config
     ids = probe_batch(config.block_size, min(len(tokenizer) if tokenizer else config.vocab_size, config.vocab_size))
     with torch.no_grad():

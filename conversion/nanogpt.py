@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
-from hf_nanogpt.conversion.common import ConversionError, check_logits, probe_batch, require_writable_output
+from hf_nanogpt.conversion.common import ConversionError, check_logits, load_for_export, probe_batch, require_writable_output
 from hf_nanogpt.model_card import GPT2_HUB_IDS, hub_datasets, render_model_card, table
 from hf_nanogpt.saving import atomic_output_dir, write_model_folder
 from hf_nanogpt.tokenization import char_tokenizer, char_vocab, gpt2_tokenizer, load_tokenizer, read_meta_pkl, write_meta_pkl
@@ -303,15 +303,8 @@ def export_nanogpt(
 ) -> Path:
     """A hf_nanogpt model folder (or Hub id) -> OUT_DIR/ckpt.pt in nanoGPT's format, plus meta.pkl for a
     char-level tokenizer, so that nanoGPT's sample.py and train.py (init_from='resume') run on it."""
-    import hf_nanogpt  # noqa: F401
-
     out_dir = require_writable_output(out_dir, overwrite, source=model_id)
-    model = AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=trust_remote_code, dtype=torch.float32)
-    if model.config.model_type != "nanogpt":
-        raise ValueError(
-            f"{model_id}: expected a nanogpt model, found model_type {model.config.model_type!r}. "
-            f"Convert it first (GPT-2: `hf-nanogpt convert gpt2`)."
-        )
+    model, tokenizer = load_for_export(model_id, trust_remote_code)
     config = model.config
     if config.activation_function != "gelu":
         log(f"warning: {model_id} uses activation {config.activation_function!r}; nanoGPT's model.py always uses the "
@@ -344,10 +337,6 @@ def export_nanogpt(
         "best_val_loss": torch.tensor(info["best_val_loss"] if info.get("best_val_loss") is not None else 1e9),
         "config": train_config,
     }
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError):
-        tokenizer = None
     stoi = char_vocab(tokenizer) if tokenizer is not None else None
     with atomic_output_dir(out_dir, overwrite=True) as tmp:  # OUT was checked above, before any work
         torch.save(ckpt, tmp / "ckpt.pt")

@@ -8,6 +8,9 @@
     hf-nanogpt export nanogpt MODEL OUT_DIR [--dataset NAME] [--overwrite]
     hf-nanogpt convert gpt2 SRC OUT [--overwrite] [--push-to-hub REPO_ID [--private]]   (SRC: folder or Hub id)
     hf-nanogpt export gpt2 MODEL OUT [--overwrite]
+    hf-nanogpt export gguf MODEL OUT.gguf [--outtype f32|f16|bf16] [--overwrite] [--trust-remote-code]
+    hf-nanogpt convert llmc IN.bin OUT [--tokenizer gpt2|DIR] [--overwrite] [--push-to-hub REPO_ID [--private]]
+    hf-nanogpt export llmc MODEL OUT.bin [--dtype float32|bfloat16] [--overwrite] [--trust-remote-code]
     hf-nanogpt prepare INPUT OUT_DIR --tokenizer char|gpt2|PATH
     hf-nanogpt train [CONFIG] [--name value ...]          (also: accelerate launch -m hf_nanogpt.train ...)
     hf-nanogpt push MODEL REPO_ID [--private] [--revision BRANCH] [--commit-message M] [--token T]
@@ -139,6 +142,28 @@ def cmd_export_gpt2(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_gguf(args: argparse.Namespace) -> int:
+    from .conversion.gguf import export_gguf
+
+    export_gguf(args.model, args.out, outtype=args.outtype, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    return 0
+
+
+def cmd_convert_llmc(args: argparse.Namespace) -> int:
+    from .conversion.llmc import convert_llmc
+
+    convert_llmc(args.src, args.out, tokenizer=args.tokenizer, overwrite=args.overwrite)
+    push_if_requested(args, args.out)
+    return 0
+
+
+def cmd_export_llmc(args: argparse.Namespace) -> int:
+    from .conversion.llmc import export_llmc
+
+    export_llmc(args.model, args.out, dtype=args.dtype, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .data import prepare
 
@@ -252,6 +277,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_push_to_hub_options(cg)
     cg.set_defaults(func=cmd_convert_gpt2)
 
+    cl = convert_sub.add_parser(
+        "llmc",
+        help="an llm.c model file (gpt2_124M.bin, model_*.bin) -> a hf_nanogpt model folder",
+        description="Convert an llm.c model file (version 3 float32 or 5 bfloat16, read as float32) into a model "
+        "folder: bias on, activation gelu_new (llm.c's tanh GELU), all Vp padded rows kept and ids >= V never "
+        "generated. Tokenizer: --tokenizer, else GPT-2 BPE when V is 50257. Checked against llm.c's forward of the "
+        "file (logits within 1e-5) before OUT is replaced.",
+    )
+    cl.add_argument("src", metavar="IN.bin", help="llm.c model file")
+    cl.add_argument("out", metavar="OUT", help="model folder to write")
+    cl.add_argument("--tokenizer", default=None, help="'gpt2', a meta.pkl, or a folder with a saved tokenizer or GPT-2 BPE files")
+    cl.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_push_to_hub_options(cl)
+    cl.set_defaults(func=cmd_convert_llmc)
+
     prep = sub.add_parser(
         "prepare",
         help="tokenize text into nanoGPT's data layout (train.bin, val.bin, meta.pkl)",
@@ -298,6 +338,35 @@ def build_parser() -> argparse.ArgumentParser:
     eg.add_argument("--overwrite", action="store_true")
     eg.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
     eg.set_defaults(func=cmd_export_gpt2)
+    eq = export_sub.add_parser(
+        "gguf",
+        help="a model folder or Hub id -> a GGUF file for llama.cpp (architecture gpt2, tokenizer inside)",
+        description="Write one GGUF file that llama.cpp runs as GPT-2: tensors in llama.cpp's names, zero biases for "
+        "bias=False, the padded vocabulary as [PAD] tokens, the tokenizer embedded (GPT-2 BPE, or char level as "
+        "llama.cpp's rwkv vocabulary). llama.cpp computes the tanh GELU: an exact-GELU model is exported with a "
+        "warning giving the measured logit change. Needs the gguf package (pip install \"hf-nanogpt[gguf]\").",
+    )
+    eq.add_argument("model", metavar="MODEL", help="model folder or Hub repo id")
+    eq.add_argument("out", metavar="OUT.gguf", help="GGUF file to write")
+    eq.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16"],
+                    help="type of the 2-D weights (norms, biases, position_embd stay f32); default f32")
+    eq.add_argument("--overwrite", action="store_true", help="replace OUT.gguf if it exists")
+    eq.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
+    eq.set_defaults(func=cmd_export_gguf)
+    el = export_sub.add_parser(
+        "llmc",
+        help="a model folder or Hub id -> an llm.c model file for train_gpt2.c / train_gpt2.cu",
+        description="Write an llm.c model file: version 3 (float32, what train_gpt2.c reads) or 5 (bfloat16, "
+        "train_gpt2.cu's default), V = the tokenizer's size, wte padded with zero rows to a multiple of 128, zero "
+        "biases for bias=False. llm.c computes the tanh GELU: an exact-GELU model is exported with a warning giving "
+        "the measured logit change. The file is read back and checked with llm.c's forward (logits within 1e-5).",
+    )
+    el.add_argument("model", metavar="MODEL", help="model folder or Hub repo id")
+    el.add_argument("out", metavar="OUT.bin", help="llm.c model file to write (train_gpt2.c reads gpt2_124M.bin)")
+    el.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="float32: version 3; bfloat16: version 5")
+    el.add_argument("--overwrite", action="store_true", help="replace OUT.bin if it exists")
+    el.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
+    el.set_defaults(func=cmd_export_llmc)
 
     push = sub.add_parser(
         "push",

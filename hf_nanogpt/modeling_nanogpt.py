@@ -24,7 +24,12 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_layers import (
+    GenericForQuestionAnswering,
+    GenericForSequenceClassification,
+    GenericForTokenClassification,
+    GradientCheckpointingLayer,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
@@ -39,6 +44,16 @@ from .configuration_nanogpt import ACTIVATIONS, NanoGPTConfig
 # to be removed in 5.40). Remote code runs on whatever release the user has, so forward accepts either name and
 # passes the cache on, and returns it, under the name of the release that runs it.
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+# Auto class -> our class: registered by `import hf_nanogpt`, and written as the `auto_map` of every saved folder,
+# so that a causal LM folder also loads as a classifier through remote code (the heads start from its trunk)
+AUTO_MAP = {
+    "AutoModel": "NanoGPTModel",
+    "AutoModelForCausalLM": "NanoGPTForCausalLM",
+    "AutoModelForSequenceClassification": "NanoGPTForSequenceClassification",
+    "AutoModelForTokenClassification": "NanoGPTForTokenClassification",
+    "AutoModelForQuestionAnswering": "NanoGPTForQuestionAnswering",
+}
 
 
 # Decoding multiplies a few rows by each weight matrix: its run time is reading the weights. On the CPU,
@@ -218,11 +233,11 @@ class NanoGPTPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # Only the saved class lands in auto_map; remote-code users also expect AutoModel to resolve.
+        # Only the saved class lands in auto_map; remote-code users expect every Auto class to resolve.
         if self._auto_class is not None:
             self.config.auto_map = {
                 **(getattr(self.config, "auto_map", None) or {}),
-                "AutoModel": "modeling_nanogpt.NanoGPTModel",
+                **{auto: f"modeling_nanogpt.{name}" for auto, name in AUTO_MAP.items()},
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -430,4 +445,63 @@ class NanoGPTForCausalLM(NanoGPTPreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["NanoGPTForCausalLM", "NanoGPTModel", "NanoGPTPreTrainedModel"]
+# GPT-2's task heads on the nanoGPT trunk. Their forward and loss are transformers' own (the Generic classes
+# Llama, Qwen and others share); only the trunk is built here, under nanoGPT's name `transformer`, so a causal
+# LM checkpoint's weights load into it and the head (`score`, `qa_outputs`) starts fresh, as with GPT-2.
+
+
+class NanoGPTForSequenceClassification(GenericForSequenceClassification, NanoGPTPreTrainedModel):
+    """A linear `score` on the hidden state of each row's last non-pad token (config.pad_token_id; a batch of
+    more than one row needs it), as GPT2ForSequenceClassification."""
+
+    base_model_prefix = "transformer"
+
+    def __init__(self, config: NanoGPTConfig):
+        NanoGPTPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.transformer = NanoGPTModel(config)
+        self.score = nn.Linear(config.n_embd, config.num_labels, bias=False)
+        self.post_init()
+
+
+class NanoGPTForTokenClassification(GenericForTokenClassification, NanoGPTPreTrainedModel):
+    """A linear `score` on every token's hidden state, after dropout (config.classifier_dropout, else 0.1, as GPT-2)."""
+
+    base_model_prefix = "transformer"
+
+    def __init__(self, config: NanoGPTConfig):
+        NanoGPTPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.transformer = NanoGPTModel(config)
+        classifier_dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(0.1 if classifier_dropout is None else classifier_dropout)
+        self.score = nn.Linear(config.n_embd, config.num_labels)
+        self.post_init()
+
+
+class NanoGPTForQuestionAnswering(GenericForQuestionAnswering, NanoGPTPreTrainedModel):
+    """Extractive QA: `qa_outputs` gives each token a start and an end logit, as GPT2ForQuestionAnswering."""
+
+    base_model_prefix = "transformer"
+
+    def __init__(self, config: NanoGPTConfig):
+        NanoGPTPreTrainedModel.__init__(self, config)
+        self.transformer = NanoGPTModel(config)
+        self.qa_outputs = nn.Linear(config.n_embd, 2)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:  # the Generic class's names another trunk's attribute
+        return self.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.transformer.wte = value
+
+
+__all__ = [
+    "NanoGPTForCausalLM",
+    "NanoGPTForQuestionAnswering",
+    "NanoGPTForSequenceClassification",
+    "NanoGPTForTokenClassification",
+    "NanoGPTModel",
+    "NanoGPTPreTrainedModel",
+]

@@ -35,11 +35,17 @@ def check_apart(out: str | os.PathLike, source: str | os.PathLike, out_name: str
     )
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def umask_modes(folder: Path) -> None:
     """Give `folder` and everything in it the modes the umask gives new folders and files (0755 and 0644
     under umask 022): tempfile's folders and safetensors' files are private (0700, 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     os.chmod(folder, 0o777 & ~umask)
     for path in folder.rglob("*"):
         if not path.is_symlink():

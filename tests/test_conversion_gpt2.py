@@ -115,6 +115,8 @@ def test_nanogpt_fixtures_exported_to_gpt2_keep_nanogpts_logits(tmp_path, name):
     config = json.loads((tmp_path / "gpt2" / "config.json").read_text())
     assert config["model_type"] == "gpt2" and "auto_map" not in config
     assert config["vocab_size"] == fixture["ckpt"]["model_args"]["vocab_size"]  # padded vocab kept
+    # llama.cpp's convert_hf_to_gguf.py reads the context length from n_ctx (a KeyError without it)
+    assert config["n_ctx"] == config["n_positions"] == fixture["ckpt"]["model_args"]["block_size"]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2")
     assert type(model) is GPT2LMHeadModel
     if not fixture["ckpt"]["model_args"]["bias"]:

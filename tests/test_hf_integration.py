@@ -34,6 +34,9 @@ def test_save_writes_safetensors_code_and_auto_map(saved):
         "AutoConfig": "configuration_nanogpt.NanoGPTConfig",
         "AutoModel": "modeling_nanogpt.NanoGPTModel",
         "AutoModelForCausalLM": "modeling_nanogpt.NanoGPTForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_nanogpt.NanoGPTForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_nanogpt.NanoGPTForTokenClassification",
+        "AutoModelForQuestionAnswering": "modeling_nanogpt.NanoGPTForQuestionAnswering",
     }
     with safe_open(folder / "model.safetensors", "pt") as f:
         keys = set(f.keys())

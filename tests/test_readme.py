@@ -37,6 +37,7 @@ NOT_RUN = {  # a piece of a line -> why it does not run here
     "pip install": "it would install into the environment running the tests",
     "hf auth login": "it asks for a token interactively; here HF_TOKEN is set, the other way the line gives",
     "ddp_8gpu": "it needs 8 GPUs",
+    "--tasks hellaswag": "lm-eval downloads the hellaswag and lambada data sets from the Hub (network); the local task below runs",
 }
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=2, max_iters=4, eval_interval=2, eval_iters=1,
             always_save_checkpoint=True, log_with="none")  # what every training run of the README gets on top

@@ -1,0 +1,403 @@
+"""karpathy/llm.c model files (gpt2_124M.bin, model_00005000.bin, ...) <-> hf_nanogpt model folders.
+
+llm.c trains the same GPT-2 as nanoGPT, in C and CUDA, and keeps a model in one flat file: a header of
+256 int32 (magic, version, maxT, V, L, NH, C, Vp, then zeros), then its 16 parameter tensors in a fixed
+order, each stacked over the layers, in nn.Linear's (out, in) layout, wte padded to Vp rows. So the
+conversion is bookkeeping: offsets, no transposes. What llm.c fixes, and how it is carried:
+
+- biases everywhere: converted models have bias=True; bias=False models export with zero biases (the
+  same function);
+- GPT-2's tanh GELU: converted models get activation "gelu_new"; exporting an exact-GELU ("gelu")
+  model warns with the measured change of its logits;
+- LayerNorm epsilon 1e-5; version 3 = float32 (what train_gpt2.c reads), 5 = bfloat16 (train_gpt2.cu);
+- V, the real vocabulary (50257 for GPT-2), and Vp, the rows stored (a multiple of 128: 50304). All Vp
+  rows are kept (vocab_size = Vp, as nanoGPT keeps 50304); ids >= V are never generated.
+
+bfloat16 files are read into float32 (exact: every bfloat16 is a float32), so the folder loads and
+computes as any other; exporting it again as bfloat16 gives the same bytes.
+
+    convert_llmc("gpt2_124M.bin", "gpt2-llmc")                                # -> model folder
+    export_llmc("gpt2-llmc", "gpt2_124M.bin")                                 # -> version 3 (float32)
+    export_llmc("gpt2-llmc", "gpt2_124M_bf16.bin", dtype="bfloat16")          # -> version 5
+
+Tensors are read and written one at a time (np.fromfile at their offsets), so memory stays near one
+copy of the model.
+"""
+
+import gc
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hf_nanogpt import NanoGPTConfig
+from hf_nanogpt.conversion.common import (
+    ConversionError,
+    atomic_output_file,
+    check_logits,
+    exact_gelu_warning,
+    load_for_export,
+    logits_change,
+    probe_batch,
+    require_writable_file,
+    require_writable_output,
+    use_tanh_gelu,
+)
+from hf_nanogpt.conversion.nanogpt import model_from_state_dict, reload_logits
+from hf_nanogpt.model_card import render_model_card, table
+from hf_nanogpt.saving import atomic_output_dir, write_model_folder
+from hf_nanogpt.tokenization import gpt2_tokenizer, load_tokenizer
+
+MAGIC = 20240326  # llm.c model files (train_gpt2.py write_model, gpt2_build_from_checkpoint)
+HEADER_INTS = 256  # int32, 1024 bytes; the parameters follow
+HEADER_FIELDS = ("magic", "version", "maxT", "V", "L", "NH", "C", "Vp")  # header[0:8]; the rest is zero
+VERSIONS = {3: "float32", 5: "bfloat16"}  # model-file versions with a padded vocabulary (llm.c reads only these)
+FILE_DTYPES = {"float32": np.dtype("<f4"), "bfloat16": np.dtype("<i2")}  # bfloat16 travels as int16 bit patterns
+VOCAB_MULTIPLE = 128  # llm.c pads the vocabulary to a multiple of 128 (pad_vocab in train_gpt2.py)
+GPT2_VOCAB = 50257
+LAYER_NORM_EPS = 1e-5  # fixed in llm.c's layernorm_forward
+# other llm.c files that start with a magic number, for a helpful error
+OTHER_MAGICS = {
+    20240327: "an llm.c state file (state_*.bin: optimizer state, or a test_gpt2 debug state)",
+    20240328: "an llm.c tokenizer file (gpt2_tokenizer.bin)",
+    20240520: "an llm.c token data file (*_train.bin / *_val.bin)",
+    20240801: "an llm.c Llama 3 token data file",
+}
+
+# llm.c's parameter tensors in file order (ParameterTensors and fill_in_parameter_sizes in train_gpt2.c):
+# (llm.c name, our key, shape in header terms). Keys with "{i}" are stored stacked over the L layers,
+# layer 0 first; 3C and 4C are 3 * C and 4 * C. Weights are (out, in) in both, so nothing is transposed.
+PARAMETERS = (
+    ("wte", "transformer.wte.weight", ("Vp", "C")),
+    ("wpe", "transformer.wpe.weight", ("maxT", "C")),
+    ("ln1w", "transformer.h.{i}.ln_1.weight", ("L", "C")),
+    ("ln1b", "transformer.h.{i}.ln_1.bias", ("L", "C")),
+    ("qkvw", "transformer.h.{i}.attn.c_attn.weight", ("L", "3C", "C")),
+    ("qkvb", "transformer.h.{i}.attn.c_attn.bias", ("L", "3C")),
+    ("attprojw", "transformer.h.{i}.attn.c_proj.weight", ("L", "C", "C")),
+    ("attprojb", "transformer.h.{i}.attn.c_proj.bias", ("L", "C")),
+    ("ln2w", "transformer.h.{i}.ln_2.weight", ("L", "C")),
+    ("ln2b", "transformer.h.{i}.ln_2.bias", ("L", "C")),
+    ("fcw", "transformer.h.{i}.mlp.c_fc.weight", ("L", "4C", "C")),
+    ("fcb", "transformer.h.{i}.mlp.c_fc.bias", ("L", "4C")),
+    ("fcprojw", "transformer.h.{i}.mlp.c_proj.weight", ("L", "C", "4C")),
+    ("fcprojb", "transformer.h.{i}.mlp.c_proj.bias", ("L", "C")),
+    ("lnfw", "transformer.ln_f.weight", ("C",)),
+    ("lnfb", "transformer.ln_f.bias", ("C",)),
+)
+WTE = "transformer.wte.weight"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the file layout
+
+
+def layout(header: dict) -> Iterator[tuple[str, str, tuple[int, ...]]]:
+    """(llm.c name, our key, shape) of every tensor in file order; a stacked tensor as its L layer slices."""
+    dims = {**header, "3C": 3 * header["C"], "4C": 4 * header["C"]}
+    for name, key, spec in PARAMETERS:
+        shape = tuple(dims[dim] for dim in spec)
+        if "{i}" in key:
+            for i in range(header["L"]):
+                yield f"{name}[{i}]", key.format(i=i), shape[1:]
+        else:
+            yield name, key, shape
+
+
+def num_parameters(header: dict) -> int:
+    """What train_gpt2.c's gpt2_build_from_checkpoint reads after the header (wte counted with Vp rows)."""
+    return sum(math.prod(shape) for _, _, shape in layout(header))
+
+
+def expected_file_size(header: dict) -> int:
+    return HEADER_INTS * 4 + num_parameters(header) * FILE_DTYPES[VERSIONS[header["version"]]].itemsize
+
+
+def padded_vocab(n: int) -> int:
+    return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def read_header(path: Path) -> dict:
+    """The header fields, checked as llm.c's readers check them (magic, version 3 or 5) and further:
+    sizes that fit together and a file size that is exactly the header plus the parameters."""
+    size = path.stat().st_size
+    redo = "Write it again (llm.c's train_gpt2.py, or `hf-nanogpt export llmc`)."
+    if size < HEADER_INTS * 4:
+        raise ConversionError(
+            f"{path}: {size} bytes, shorter than the {HEADER_INTS * 4}-byte header of an llm.c model file: truncated? {redo}"
+        )
+    ints = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    header = {name: int(value) for name, value in zip(HEADER_FIELDS, ints)}
+    if header["magic"] != MAGIC:
+        what = OTHER_MAGICS.get(header["magic"], "not an llm.c model file")
+        raise ConversionError(
+            f"{path}: magic number {header['magic']}, expected {MAGIC} (an llm.c model file such as gpt2_124M.bin "
+            f"or model_00005000.bin): this is {what}."
+        )
+    if header["version"] not in VERSIONS:
+        raise ConversionError(
+            f"{path}: version {header['version']}, expected 3 (float32) or 5 (bfloat16), the model-file versions "
+            f"llm.c reads today. Re-export it with a current llm.c (train_gpt2.py write_model)."
+        )
+    for name in ("maxT", "V", "L", "NH", "C", "Vp"):
+        if header[name] <= 0:
+            raise ConversionError(f"{path}: header field {name} is {header[name]}, expected a positive integer. {redo}")
+    if header["C"] % header["NH"]:
+        raise ConversionError(
+            f"{path}: channels C = {header['C']} is not a multiple of the heads NH = {header['NH']}; no GPT has that shape. {redo}"
+        )
+    if header["V"] > header["Vp"]:
+        raise ConversionError(f"{path}: vocabulary V = {header['V']} exceeds the padded rows Vp = {header['Vp']}. {redo}")
+    expected = expected_file_size(header)
+    if size != expected:
+        how = "truncated" if size < expected else f"{size - expected} bytes longer than its parameters"
+        raise ConversionError(
+            f"{path}: {size} bytes, but its header (version {header['version']}, maxT {header['maxT']}, L {header['L']}, "
+            f"C {header['C']}, Vp {header['Vp']}) needs {expected} ({num_parameters(header)} parameters): {how}. {redo}"
+        )
+    return header
+
+
+def read_llmc(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An llm.c model file -> (header, float32 state dict in our key names), one tensor at a time."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file; expected an llm.c model file (e.g. gpt2_124M.bin).")
+    header = read_header(path)
+    dtype = FILE_DTYPES[VERSIONS[header["version"]]]
+    state = {}
+    with open(path, "rb") as f:
+        f.seek(HEADER_INTS * 4)
+        for _, key, shape in layout(header):
+            array = np.fromfile(f, dtype=dtype, count=math.prod(shape)).reshape(shape)
+            tensor = torch.from_numpy(array)
+            state[key] = tensor.view(torch.bfloat16).float() if dtype == FILE_DTYPES["bfloat16"] else tensor
+    return header, state
+
+
+def write_llmc(path: Path, header: dict, state_dict: dict[str, torch.Tensor]) -> None:
+    """The header, then every tensor of `layout(header)` as llm.c's train_gpt2.py writes them: missing
+    biases (a bias=False model) as zeros, wte followed by zero rows up to Vp (pad_vocab)."""
+    ints = np.zeros(HEADER_INTS, dtype="<i4")
+    ints[: len(HEADER_FIELDS)] = [MAGIC if name == "magic" else header[name] for name in HEADER_FIELDS]
+    dtype = VERSIONS[header["version"]]
+    with open(path, "wb") as f:
+        f.write(ints.tobytes())
+        for name, key, shape in layout(header):
+            tensor = state_dict.get(key)
+            if tensor is None and key.endswith(".bias"):
+                tensor = torch.zeros(shape)  # bias=False: a zero bias adds nothing
+            if tensor is None:
+                raise ConversionError(f"llm.c needs {key} (its {name}), which the model does not have.")
+            pad_rows = shape[0] - tensor.shape[0] if key == WTE else 0
+            if tuple(tensor.shape) != (shape[0] - pad_rows, *shape[1:]):
+                raise ConversionError(f"{key}: shape {tuple(tensor.shape)}, but llm.c's {name} needs {shape} by the header.")
+            write_tensor(f, tensor, dtype)
+            if pad_rows:
+                write_tensor(f, torch.zeros(pad_rows, *shape[1:]), dtype)
+
+
+def write_tensor(f, tensor: torch.Tensor, dtype: str) -> None:
+    """llm.c's write_fp32 / write_bf16: float32, or bfloat16 (rounded to nearest even) as its bits."""
+    tensor = tensor.detach().cpu().to(getattr(torch, dtype)).contiguous()
+    array = tensor.view(torch.int16).numpy() if dtype == "bfloat16" else tensor.numpy()
+    f.write(array.astype(FILE_DTYPES[dtype], copy=False).data)
+
+
+# ---------------------------------------------------------------------------------------------------
+# llm.c's forward pass, the reference both directions are checked against
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def llmc_logits(params: dict[str, torch.Tensor], header: dict, ids: torch.Tensor) -> torch.Tensor:
+    """llm.c's gpt2_forward (train_gpt2.c) in torch, on a file's tensors: written from llm.c's C code, not
+    from our model, so that a folder is checked against what llm.c computes. Logits over all Vp rows."""
+    C, NH = header["C"], header["NH"]
+    B, T = ids.shape
+
+    def layernorm(x, name):
+        return F.layer_norm(x, (C,), params[f"{name}.weight"], params[f"{name}.bias"], eps=LAYER_NORM_EPS)
+
+    def matmul(x, name):
+        return F.linear(x, params[f"{name}.weight"], params[f"{name}.bias"])
+
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    x = params[WTE][ids] + params["transformer.wpe.weight"][:T]  # encoder_forward
+    for i in range(header["L"]):
+        h = f"transformer.h.{i}"
+        qkv = matmul(layernorm(x, f"{h}.ln_1"), f"{h}.attn.c_attn")
+        q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in qkv.split(C, dim=-1))
+        att = (q @ k.transpose(-2, -1) / math.sqrt(C // NH)).masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        x = x + matmul((att @ v).transpose(1, 2).reshape(B, T, C), f"{h}.attn.c_proj")
+        x = x + matmul(gelu_tanh(matmul(layernorm(x, f"{h}.ln_2"), f"{h}.mlp.c_fc")), f"{h}.mlp.c_proj")
+    return layernorm(x, "transformer.ln_f") @ params[WTE].t()
+
+
+# ---------------------------------------------------------------------------------------------------
+# llm.c -> hf_nanogpt
+
+
+def llmc_tokenizer(path: Path, V: int, spec: str | None):
+    """--tokenizer (as `convert nanogpt` takes it), else GPT-2 BPE when V is GPT-2's 50257; it must have V tokens."""
+    if spec is not None:
+        tokenizer, desc = load_tokenizer(spec), str(spec)
+    elif V == GPT2_VOCAB:
+        tokenizer, desc = gpt2_tokenizer(), "GPT-2 BPE (bundled; V = 50257)"
+    else:
+        raise ConversionError(
+            f"{path}: a vocabulary of V = {V} tokens, not GPT-2's {GPT2_VOCAB}: pass the tokenizer the model was "
+            f"trained with, --tokenizer DIR (a saved tokenizer, or GPT-2 BPE files) or --tokenizer meta.pkl (char level)."
+        )
+    if len(tokenizer) != V:
+        raise ConversionError(
+            f"{path}: the header says V = {V} tokens, but the tokenizer ({desc}) has {len(tokenizer)}: pass the "
+            f"tokenizer the model was trained with (--tokenizer)."
+        )
+    return tokenizer, desc
+
+
+def convert_llmc(
+    src_bin: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    tokenizer: str | None = None,
+    overwrite: bool = False,
+    log=print,
+) -> Path:
+    """An llm.c model file (version 3 or 5) -> a hf_nanogpt model folder, checked against llm.c's forward
+    of the file's tensors (logits within 1e-5). Written beside `out_dir` and renamed at the end; on any
+    failure nothing is written."""
+    out_dir = require_writable_output(out_dir, overwrite, source=src_bin)
+    src = Path(src_bin)
+    header, state = read_llmc(src)
+    tok, tok_desc = llmc_tokenizer(src, header["V"], tokenizer)
+    config = NanoGPTConfig(
+        vocab_size=header["Vp"],  # all rows kept; generation_config_for suppresses ids >= V
+        block_size=header["maxT"],
+        n_layer=header["L"],
+        n_head=header["NH"],
+        n_embd=header["C"],
+        bias=True,
+        activation_function="gelu_new",
+        layer_norm_epsilon=LAYER_NORM_EPS,
+    )
+    ids = probe_batch(config.block_size, header["V"])  # llm.c asserts ids < V
+    with torch.no_grad():
+        reference = llmc_logits(state, header, ids)
+    model = model_from_state_dict({**state, "lm_head.weight": state[WTE]}, config)
+    n_params = model.num_parameters()
+    card = llmc_model_card(src, header, tok_desc, out_dir.name, n_params)
+
+    with atomic_output_dir(out_dir, overwrite=True) as tmp:  # OUT was checked above, before any work
+        write_model_folder(model, tmp, tok, model_card=card)
+        del model, state
+        gc.collect()  # one copy of the weights at a time: the reloaded folder replaces the file's
+        check_logits(reload_logits(tmp, ids), reference, "written folder vs llm.c's forward of the file", log)
+    log(f"wrote {out_dir}: {n_params / 1e6:.2f}M parameters, vocab {header['V']} (padded to {header['Vp']}), "
+        f"activation gelu_new, tokenizer {tok_desc}")
+    return out_dir
+
+
+def llmc_model_card(src: Path, header: dict, tok_desc: str, name: str, n_params: int) -> str:
+    details = [
+        {"field": "source", "value": f"`{src.name}` (llm.c model file, version {header['version']}, {VERSIONS[header['version']]})"},
+        {"field": "shape", "value": f"{header['L']} layers, {header['NH']} heads, {header['C']} dims, context {header['maxT']}"},
+        {"field": "vocabulary",
+         "value": f"{header['V']} tokens, {header['Vp']} rows (llm.c's padding; ids >= {header['V']} are never generated)"},
+        {"field": "activation", "value": "gelu_new (llm.c's tanh GELU)"},
+        {"field": "tokenizer", "value": tok_desc},
+        {"field": "parameters", "value": f"{n_params / 1e6:.2f}M"},
+    ]
+    return render_model_card(
+        title=f"{name}: an llm.c GPT-2",
+        summary=(
+            "A GPT-2 trained with [llm.c](https://github.com/karpathy/llm.c), in hf_nanogpt's nanoGPT model, with "
+            "logits checked against llm.c's forward pass on the file's own tensors. `hf-nanogpt export llmc` "
+            "writes it back as an llm.c model file."
+        ),
+        sections={"Source": table(details, ["field", "value"])},
+        model_ref=name,
+        prompt="Hello, I'm a language model," if header["V"] == GPT2_VOCAB else "ROMEO:",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# hf_nanogpt -> llm.c
+
+
+def llmc_reference_logits(model, ids: torch.Tensor, dtype: str, model_id, log=print) -> torch.Tensor:
+    """Logits of the function llm.c will compute from the exported file: `model` with llm.c's fixed
+    choices applied in place (tanh GELU, LayerNorm eps 1e-5, weights rounded to bfloat16 for version 5).
+    Each change is logged with how far it moves the logits on the probe batch, so none is silent."""
+    config = model.config
+
+    def llmc_eps(model):
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = LAYER_NORM_EPS
+
+    def round_to_bfloat16(model):
+        for param in model.parameters():
+            param.data.copy_(param.data.to(torch.bfloat16))
+
+    changes = []
+    if config.activation_function == "gelu":
+        changes.append((exact_gelu_warning(model_id, "llm.c"), use_tanh_gelu))
+    if not math.isclose(config.layer_norm_epsilon, LAYER_NORM_EPS):
+        changes.append((f"warning: {model_id} has layer_norm_epsilon {config.layer_norm_epsilon}; llm.c's is fixed at "
+                        f"{LAYER_NORM_EPS}", llmc_eps))
+    if dtype == "bfloat16":
+        changes.append(("bfloat16 (version 5): weights rounded once to bfloat16", round_to_bfloat16))
+    with torch.no_grad():
+        logits = model(ids).logits
+    for message, change in changes:
+        logits = logits_change(model, ids, change, message, log, logits)
+    return logits
+
+
+def export_llmc(
+    model_id: str | os.PathLike,
+    out_bin: str | os.PathLike,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    log=print,
+) -> Path:
+    """A hf_nanogpt model folder (or Hub id) -> an llm.c model file (version 3 for float32, 5 for
+    bfloat16) that llm.c's train_gpt2.c / train_gpt2.cu load. The written file is read back and llm.c's
+    forward on it checked against the source (logits within 1e-5, after llm.c's fixed choices, each
+    reported). Written beside `out_bin` and renamed at the end."""
+    version = {name: v for v, name in VERSIONS.items()}.get(dtype)
+    if version is None:
+        raise ValueError(f"dtype {dtype!r}: llm.c model files are float32 (version 3) or bfloat16 (version 5).")
+    out_bin = require_writable_file(out_bin, overwrite, model_id, example="gpt2_124M.bin")
+    model, tokenizer = load_for_export(model_id, trust_remote_code)
+    config = model.config
+    V = len(tokenizer) if tokenizer is not None else config.vocab_size
+    if V > config.vocab_size:
+        raise ConversionError(f"{model_id}: the tokenizer has {V} tokens but the model only {config.vocab_size} embeddings.")
+    header = {"version": version, "maxT": config.block_size, "V": V, "L": config.n_layer, "NH": config.n_head,
+              "C": config.n_embd, "Vp": padded_vocab(config.vocab_size)}
+    ids = probe_batch(config.block_size, V)
+    reference = llmc_reference_logits(model, ids, dtype, model_id, log)
+
+    with atomic_output_file(out_bin) as tmp:
+        write_llmc(tmp, header, model.state_dict())
+        del model
+        gc.collect()
+        _, params = read_llmc(tmp)  # back as llm.c reads it, header and size checks included
+        logits = llmc_logits(params, header, ids)[..., : reference.shape[-1]]  # the zero rows added give logits 0
+        check_logits(logits, reference, "llm.c's forward of the written file vs source", log)
+    log(f"wrote {out_bin}: llm.c version {version} ({dtype}), V {V} padded to Vp {header['Vp']}, "
+        f"{header['L']} layers, {header['NH']} heads, {header['C']} dims, maxT {header['maxT']}")
+    return out_bin
+
+
+__all__ = ["PARAMETERS", "convert_llmc", "export_llmc", "llmc_logits", "read_header", "read_llmc", "write_llmc"]
