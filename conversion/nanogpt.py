@@ -33,6 +33,7 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 # keys that are not weights: the causal-mask buffers of older nanoGPT (and GPT-2 style) attention
 DROPPED_KEYS = re.compile(r"\.attn\.(bias|masked_bias)$")
 METADATA_FILE = "nanogpt.json"  # iter_num, best_val_loss and the training config of the source checkpoint
+TRAINING_CONFIG_FILE = "training_config.json"  # what `hf-nanogpt train` writes into its model folder
 
 CheckpointError = ConversionError  # the name nanoGPT users will look for
 
@@ -302,7 +303,9 @@ def export_nanogpt(
     log=print,
 ) -> Path:
     """A hf_nanogpt model folder (or Hub id) -> OUT_DIR/ckpt.pt in nanoGPT's format, plus meta.pkl for a
-    char-level tokenizer, so that nanoGPT's sample.py and train.py (init_from='resume') run on it."""
+    char-level tokenizer, so that nanoGPT's sample.py and train.py (init_from='resume') run on it. A model
+    trained with `--optimizer=muon` (its training_config.json says so) gets no optimizer entry: nanoGPT's
+    train.py has AdamW only, so sample.py runs on it and train.py's resume does not."""
     out_dir = require_writable_output(out_dir, overwrite, source=model_id)
     model, tokenizer = load_for_export(model_id, trust_remote_code)
     config = model.config
@@ -314,16 +317,17 @@ def export_nanogpt(
 
     info = read_metadata(model_id)
     train_config = dict(info.get("config") or {})
+    optimizer = read_metadata(model_id, TRAINING_CONFIG_FILE).get("optimizer", "adamw")  # nanoGPT's own: AdamW
     if dataset is not None or "dataset" not in train_config:
         train_config["dataset"] = dataset or Path(out_dir).name
     ckpt = {
         "model": {k: v.contiguous() for k, v in model.state_dict().items()},  # lm_head and wte share storage
-        "optimizer": nanogpt_optimizer_state(
+        **({"optimizer": nanogpt_optimizer_state(
             model,
             train_config.get("weight_decay", 0.1),
             train_config.get("learning_rate", 6e-4),
             (train_config.get("beta1", 0.9), train_config.get("beta2", 0.95)),
-        ),
+        )} if optimizer == "adamw" else {}),  # nanoGPT's train.py has AdamW only
         "model_args": {
             "n_layer": config.n_layer,
             "n_head": config.n_head,
@@ -343,6 +347,11 @@ def export_nanogpt(
         if stoi is not None:
             write_meta_pkl(tmp / "meta.pkl", stoi)
     log(f"wrote {Path(out_dir) / 'ckpt.pt'} (iter_num {ckpt['iter_num']}, dataset {train_config['dataset']!r})")
+    if "optimizer" not in ckpt:
+        log(f"note: {model_id} was trained with optimizer={optimizer} ({TRAINING_CONFIG_FILE}) and nanoGPT's train.py "
+            f"has AdamW only, so ckpt.pt has no optimizer entry: sample.py runs on it, train.py --init_from=resume "
+            f"does not (it loads checkpoint['optimizer']); continue training with `hf-nanogpt train "
+            f"--init_from={model_id} --optimizer={optimizer}`.")
     if stoi is not None:
         log(f"wrote {Path(out_dir) / 'meta.pkl'}: for nanoGPT's sample.py, copy it to "
             f"data/{train_config['dataset']}/meta.pkl in your nanoGPT checkout.")
@@ -351,9 +360,10 @@ def export_nanogpt(
     return Path(out_dir)
 
 
-def read_metadata(model_id: str | os.PathLike) -> dict:
-    """nanogpt.json of a converted model (local folder or Hub repo), or {} when there is none."""
-    local = Path(model_id) / METADATA_FILE
+def read_metadata(model_id: str | os.PathLike, filename: str = METADATA_FILE) -> dict:
+    """nanogpt.json of a converted model (or another JSON file of a model folder: training_config.json of a
+    trained one), from a local folder or Hub repo, or {} when there is none."""
+    local = Path(model_id) / filename
     if local.is_file():
         return json.loads(local.read_text())
     if Path(model_id).exists():
@@ -361,7 +371,7 @@ def read_metadata(model_id: str | os.PathLike) -> dict:
     try:
         from huggingface_hub import hf_hub_download
 
-        return json.loads(Path(hf_hub_download(str(model_id), METADATA_FILE)).read_text())
+        return json.loads(Path(hf_hub_download(str(model_id), filename)).read_text())
     except Exception:  # no such file in the repo, or offline: the metadata is optional
         return {}
 

@@ -8,7 +8,8 @@ CONFIG is a preset name (hf_nanogpt/presets/*.yaml) or a YAML/JSON file; `--name
 
 The loop is nanoGPT's, a straight line: random block windows, gradient accumulation with the loss
 scaled, AdamW (weight decay on 2-D tensors only), cosine learning rate with warmup, gradient clipping,
-train/val loss every eval_interval, a checkpoint when val improves (or always). Accelerate supplies
+train/val loss every eval_interval, a checkpoint when val improves (or always). `--optimizer=muon` and
+`--lr_schedule=wsd` swap in the optimizer and schedule of modded-nanogpt's speedrun, same model. Accelerate supplies
 the devices, processes, mixed precision, checkpoint state and trackers.
 
 Differences from nanoGPT, each on purpose:
@@ -113,6 +114,27 @@ class TrainConfig:
     push_to_hub: str | None = field(default=None, metadata={"help": "repo id to push the final model to"})
     push_checkpoints: bool = field(default=False, metadata={"help": "also push the model at every checkpoint"})
     hub_private: bool = False
+    # hf_nanogpt: the optimizer and schedule of modded-nanogpt's speedrun (same architecture: wte + wpe GPT)
+    optimizer: str = field(
+        default="adamw",
+        metadata={"help": "adamw (nanoGPT's) | muon: torch.optim.Muon for the blocks' 2-D matrices (c_attn, c_proj, c_fc), "
+                          "AdamW (learning_rate, betas, weight_decay) for wte = lm_head, wpe, LayerNorms and biases"},
+    )
+    muon_learning_rate: float = field(
+        default=0.02,
+        metadata={"help": "Muon's peak lr, following lr_schedule (scaled by muon_learning_rate/learning_rate); 0.02 is the best "
+                          "of BENCHMARKS.md's sweep on shakespeare_char_cpu (the speedrun's 0.05 suits its far larger batches)"},
+    )
+    muon_momentum: float = field(default=0.95, metadata={"help": "Muon's momentum (Nesterov) after its warm-up"})
+    muon_momentum_warmup: float = field(default=0.85, metadata={"help": "Muon's momentum at iteration 0, rising linearly to muon_momentum"})
+    muon_momentum_warmup_iters: int = field(default=300, metadata={"help": "iterations of Muon's momentum warm-up (0: none)"})
+    muon_weight_decay: float = field(default=0.0, metadata={"help": "Muon's decoupled weight decay (lr x wd x weight)"})
+    lr_schedule: str = field(
+        default="cosine",
+        metadata={"help": "cosine (nanoGPT's get_lr) | wsd: the same warmup, then constant, then linear down to min_lr "
+                          "over the last cooldown_frac of lr_decay_iters (the speedrun's)"},
+    )
+    cooldown_frac: float = field(default=0.4, metadata={"help": "lr_schedule=wsd: the fraction of lr_decay_iters spent cooling down"})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,6 +192,50 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
+def get_wsd_lr(it: int, cfg: TrainConfig) -> float:
+    """Warmup, stable, decay (modded-nanogpt's speedrun): nanoGPT's linear warmup, then learning_rate until
+    the last cooldown_frac of lr_decay_iters, then a straight line down to min_lr at lr_decay_iters, then
+    min_lr. Training at the peak for longer and cooling down at the end reaches a given loss sooner."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= cfg.lr_decay_iters:
+        return cfg.min_lr
+    cooldown_start = max(cfg.warmup_iters, cfg.lr_decay_iters - round(cfg.cooldown_frac * cfg.lr_decay_iters))
+    if it < cooldown_start:
+        return cfg.learning_rate
+    remaining = (cfg.lr_decay_iters - it) / (cfg.lr_decay_iters - cooldown_start)
+    return cfg.min_lr + remaining * (cfg.learning_rate - cfg.min_lr)
+
+
+LR_SCHEDULES = {"cosine": get_lr, "wsd": get_wsd_lr}
+
+
+def muon_momentum(it: int, cfg: TrainConfig) -> float:
+    """The speedrun's momentum warm-up: muon_momentum_warmup at iteration 0, linearly up to muon_momentum
+    at muon_momentum_warmup_iters, then muon_momentum."""
+    if it >= cfg.muon_momentum_warmup_iters:
+        return cfg.muon_momentum
+    frac = it / cfg.muon_momentum_warmup_iters
+    return cfg.muon_momentum_warmup + frac * (cfg.muon_momentum - cfg.muon_momentum_warmup)
+
+
+def set_hyperparameters(optimizers: list, it: int, cfg: TrainConfig) -> float:
+    """This iteration's learning rates (and Muon's momentum), on every group; returns AdamW's lr (the one
+    logged). One schedule for all: Muon's lr is AdamW's scaled by muon_learning_rate / learning_rate."""
+    lr = LR_SCHEDULES[cfg.lr_schedule](it, cfg)
+    for optimizer in optimizers:
+        muon = isinstance(getattr(optimizer, "optimizer", optimizer), torch.optim.Muon)  # under Accelerate's wrapper
+        for group in optimizer.param_groups:
+            if muon:
+                group["lr"] = lr * cfg.muon_learning_rate / cfg.learning_rate
+                group["momentum"] = muon_momentum(it, cfg)
+            else:
+                group["lr"] = lr
+    return lr
+
+
 def micro_steps_per_process(cfg: TrainConfig, world: int) -> int:
     """gradient_accumulation_steps is the total over all processes, as in nanoGPT: each does its share."""
     if cfg.gradient_accumulation_steps % world:
@@ -191,6 +257,19 @@ def check_config(cfg: TrainConfig) -> None:
     bad += [f"{name}={getattr(cfg, name)}" for name in ("max_iters", "learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters") if getattr(cfg, name) < 0]
     if not 0 <= cfg.dropout < 1:
         bad.append(f"dropout={cfg.dropout} (must be in [0, 1))")
+    if cfg.optimizer not in ("adamw", "muon"):
+        bad.append(f"optimizer={cfg.optimizer!r} (adamw or muon)")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        bad.append(f"lr_schedule={cfg.lr_schedule!r} ({' or '.join(LR_SCHEDULES)})")
+    if not 0 <= cfg.cooldown_frac <= 1:
+        bad.append(f"cooldown_frac={cfg.cooldown_frac} (must be in [0, 1])")
+    if cfg.optimizer == "muon":
+        if cfg.learning_rate <= 0:
+            bad.append(f"learning_rate={cfg.learning_rate} (optimizer=muon scales Muon's lr by muon_learning_rate/learning_rate: must be > 0)")
+        bad += [f"{name}={getattr(cfg, name)}" for name in ("muon_learning_rate", "muon_weight_decay", "muon_momentum_warmup_iters")
+                if getattr(cfg, name) < 0]
+        bad += [f"{name}={getattr(cfg, name)} (must be in [0, 1))" for name in ("muon_momentum", "muon_momentum_warmup")
+                if not 0 <= getattr(cfg, name) < 1]
     if bad:
         raise ValueError(f"invalid training settings: {', '.join(bad)}.")
 
@@ -309,21 +388,44 @@ def auto_dtype(cuda: bool) -> str:
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
-def nanogpt_param_groups(model, weight_decay: float) -> list[dict]:
-    """nanoGPT's configure_optimizers groups: weight decay on 2-D tensors (matmuls, embeddings) only, in
-    named_parameters order (the tied lm_head once), so nanoGPT's train.py accepts our optimizer state."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def decay_groups(params: list, weight_decay: float) -> list[dict]:
+    """nanoGPT's configure_optimizers groups: weight decay on 2-D tensors (matmuls, embeddings) only."""
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
 
 
-def configure_optimizer(model, cfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
-    """AdamW on nanoGPT's groups. Fused on CUDA as in nanoGPT, and on the CPU too, where torch has had a
-    fused kernel since 2.4: 5-8x faster than the default there (BENCHMARKS.md)."""
+def nanogpt_param_groups(model, weight_decay: float) -> list[dict]:
+    """nanoGPT's groups over the whole model, in named_parameters order (the tied lm_head once), so
+    nanoGPT's train.py accepts our optimizer state."""
+    return decay_groups([p for p in model.parameters() if p.requires_grad], weight_decay)
+
+
+def muon_split(model) -> tuple[list, list]:
+    """(Muon's, AdamW's) parameters, as the speedrun splits them: the 2-D matrices of the transformer
+    blocks (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) go to Muon, which orthogonalises whole hidden
+    matrices; the embeddings (wte, also lm_head, tied: once), wpe, LayerNorm gains and biases to AdamW."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    hidden = [p for name, p in named if name.startswith("transformer.h.") and p.dim() == 2]
+    ids = {id(p) for p in hidden}
+    return hidden, [p for _, p in named if id(p) not in ids]
+
+
+def configure_optimizers(model, cfg: TrainConfig, device_type: str) -> list[torch.optim.Optimizer]:
+    """optimizer=adamw: AdamW on nanoGPT's groups. Fused on CUDA as in nanoGPT, and on the CPU too, where
+    torch has had a fused kernel since 2.4: 5-8x faster than the default there (BENCHMARKS.md).
+    optimizer=muon: torch.optim.Muon on the blocks' matrices and that AdamW on the rest (muon_split)."""
     extra = {"fused": True} if device_type in ("cuda", "cpu") else {}
-    return torch.optim.AdamW(nanogpt_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **extra)
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "adamw":
+        return [torch.optim.AdamW(nanogpt_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=betas, **extra)]
+    hidden, rest = muon_split(model)
+    return [
+        torch.optim.AdamW(decay_groups(rest, cfg.weight_decay), lr=cfg.learning_rate, betas=betas, **extra),
+        torch.optim.Muon(hidden, lr=cfg.muon_learning_rate, weight_decay=cfg.muon_weight_decay,
+                         momentum=muon_momentum(0, cfg), nesterov=True),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -405,6 +507,14 @@ def remove_stale_temporaries(out_dir: Path) -> None:
             tmp.unlink()
 
 
+def check_same_optimizer(resume_dir: Path, cfg: TrainConfig) -> None:
+    """A checkpoint's optimizer state belongs to the optimizer that wrote it: resuming needs the same one."""
+    saved = json.loads((resume_dir / STATE_FILE).read_text()).get("config", {}).get("optimizer", "adamw")
+    if saved != cfg.optimizer:
+        raise ValueError(f"init_from=resume: {resume_dir} was trained with optimizer={saved}, this run asks for "
+                         f"optimizer={cfg.optimizer}; pass --optimizer={saved}.")
+
+
 def check_random_state(resume_dir: Path, rank: int) -> None:
     """Accelerate resumes without a random state it cannot read, saying so only at info level: say it."""
     from accelerate.utils import load
@@ -482,8 +592,12 @@ def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool)
 
     c = model.config
     rows = [{"iter": h["iter"], "train loss": f"{h['train']:.4f}", "val loss": f"{h['val']:.4f}"} for h in history]
-    settings = {k: getattr(cfg, k) for k in ("init_from", "dataset", "max_iters", "batch_size", "gradient_accumulation_steps",
-                                             "block_size", "learning_rate", "min_lr", "warmup_iters", "weight_decay", "dropout", "dtype")}
+    muon = ["muon_learning_rate", "muon_momentum", "muon_momentum_warmup", "muon_momentum_warmup_iters",
+            "muon_weight_decay"] if cfg.optimizer == "muon" else []
+    wsd = ["cooldown_frac"] if cfg.lr_schedule == "wsd" else []
+    names = ["init_from", "dataset", "max_iters", "batch_size", "gradient_accumulation_steps", "block_size", "optimizer",
+             *muon, "learning_rate", "min_lr", "lr_schedule", "warmup_iters", *wsd, "weight_decay", "dropout", "dtype"]
+    settings = {k: getattr(cfg, k) for k in names}
     sections = {
         "Training": table([{"setting": k, "value": v} for k, v in settings.items()], ["setting", "value"]),
         "Losses": table(rows, ["iter", "train loss", "val loss"]) + ("\n\n![loss curve](loss.png)" if has_plot else ""),
@@ -549,6 +663,8 @@ def train(cfg: TrainConfig) -> dict:
     data = TokenData(data_dir)
     data.check_block_size(cfg.block_size)
     model, base_model, resume_dir = build_model(cfg, data.vocab_size)
+    if resume_dir is not None:
+        check_same_optimizer(resume_dir, cfg)
     crop_block_size(model, cfg.block_size)
     if data.vocab_size is not None and data.vocab_size > model.config.vocab_size:
         raise ValueError(f"{data_dir}: vocabulary of {data.vocab_size} tokens, but the model has {model.config.vocab_size} embeddings.")
@@ -561,6 +677,9 @@ def train(cfg: TrainConfig) -> dict:
     precision = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}.get(dtype)
     if precision is None:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}.")
+    if cfg.optimizer == "muon" and precision == "fp16":
+        raise ValueError("optimizer=muon with float16: Accelerate's fp16 gradient scaler updates its scale at each "
+                         "optimizer's step, and Muon runs beside AdamW; use --dtype=bfloat16 or float32, or --optimizer=adamw.")
     trackers = _trackers(cfg)
     # one process may run train() more than once (notebooks, tests): Accelerate keeps a process-wide state
     # that refuses a second mixed-precision setting, so start from a fresh one (the process group stays)
@@ -574,6 +693,9 @@ def train(cfg: TrainConfig) -> dict:
         dynamo_backend="inductor" if cfg.compile else None,
     )
     world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.optimizer == "muon" and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        raise ValueError(f"optimizer=muon under {accelerator.distributed_type.value}: Muon orthogonalises whole matrices, "
+                         f"which these shard; use DDP (or one process), or --optimizer=adamw.")
     grad_accum = micro_steps_per_process(cfg, world)
     main = accelerator.is_main_process
     out_dir = Path(cfg.out_dir)
@@ -583,8 +705,8 @@ def train(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed + rank)  # dropout differs per process; the data windows do not (below)
 
     model.set_attn_implementation(cfg.attn_implementation)
-    optimizer = configure_optimizer(model, cfg, "cuda" if cuda else "cpu")
-    model, optimizer = accelerator.prepare(model, optimizer)
+    optimizers = configure_optimizers(model, cfg, "cuda" if cuda else "cpu")
+    model, *optimizers = accelerator.prepare(model, *optimizers)  # each in accelerate's checkpoint state
     raw_model = accelerator.unwrap_model(model)
 
     # the data position: one generator for training windows, one for evaluation windows
@@ -648,9 +770,7 @@ def train(cfg: TrainConfig) -> dict:
     t0 = time.time()
     try:
         while True:
-            lr = get_lr(iter_num, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = set_hyperparameters(optimizers, iter_num, cfg)
 
             if iter_num % cfg.eval_interval == 0:
                 eval_state = eval_gen.get_state()  # saved as it was before this evaluation
@@ -686,8 +806,9 @@ def train(cfg: TrainConfig) -> dict:
                 loss_sum += loss.detach()
             if cfg.grad_clip != 0.0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
 
             t1 = time.time()
             dt, t0 = t1 - t0, t1
