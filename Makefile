@@ -59,10 +59,11 @@ lock:
 	mv $(LOCK).tmp $(LOCK)
 	rm -rf .venv-lock
 
-# the side-by-side benchmarks (about 20 minutes on 2 cores); writes BENCHMARKS.md. NANOGPT=path/to/nanoGPT
-# adds the rows against nanoGPT's own generate (longer: its 512-token runs take minutes each).
+# the side-by-side benchmarks (about 30 minutes on 2 cores); writes BENCHMARKS.md. NANOGPT=path/to/nanoGPT
+# adds the rows against nanoGPT's own generate (longer: its 512-token runs take minutes each);
+# LLAMA_CPP=path/to/llama.cpp/build the rows against llama.cpp's decoding (llama-bench, llama-simple).
 bench: $(VENV)/.installed
-	$(PY) -m benchmarks.run $(if $(NANOGPT),--nanogpt $(NANOGPT))
+	$(PY) -m benchmarks.run $(if $(NANOGPT),--nanogpt $(NANOGPT)) $(if $(LLAMA_CPP),--llama-cpp $(LLAMA_CPP))
 
 clean:
 	rm -rf $(VENV) $(FLOOR) $(NEWEST) .venv-lock out .pytest_cache

@@ -1,10 +1,12 @@
 """`make bench`: run the side-by-side benchmarks and write BENCHMARKS.md.
 
-    python -m benchmarks.run [--only generation training conversion] [--repeats 5] [--nanogpt PATH] [--out FILE]
+    python -m benchmarks.run [--only generation training conversion] [--repeats 5] [--nanogpt PATH]
+                             [--llama-cpp BUILD] [--out FILE]
 
 Each benchmark's section is replaced in place; sections not run this time are kept from the existing
 file. --nanogpt (a karpathy/nanoGPT checkout; `make bench NANOGPT=path`) adds generation rows against
-nanoGPT's own generate. --tiny runs every benchmark on a tiny model, to check that the code runs.
+nanoGPT's own generate; --llama-cpp (a llama.cpp build folder; `make bench LLAMA_CPP=path`) adds llama.cpp's
+decoding on the same weights. --tiny runs every benchmark on a tiny model, to check that the code runs.
 """
 
 import argparse
@@ -19,7 +21,7 @@ from .common import machine, markdown_table
 
 BENCHMARKS = {"generation": generation, "training": training, "conversion": conversion}
 SECTIONS = {
-    "generation": "B1: greedy generation against GPT2LMHeadModel (CPU, float32)",
+    "generation": "B1: greedy generation against GPT2LMHeadModel and llama.cpp (CPU)",
     "training": "B2: a training step against GPT2LMHeadModel (CPU)",
     "conversion": "B3: conversion time and peak memory (gpt2-medium shape)",
 }
@@ -60,6 +62,7 @@ def main(argv=None) -> None:
     p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--nanogpt", type=Path, default=None, help="karpathy/nanoGPT checkout for the rows against it")
+    p.add_argument("--llama-cpp", type=Path, default=None, help="llama.cpp build folder for the rows against it")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     p.add_argument("--tiny", action="store_true", help="tiny models and few steps: checks the code, measures nothing")
     args = p.parse_args(argv)
@@ -70,7 +73,10 @@ def main(argv=None) -> None:
     common = ["--repeats", str(args.repeats), *(["--tiny"] if args.tiny else [])]
     for name in args.only:
         print(f"\n== {SECTIONS[name]}", flush=True)
-        extra = ["--nanogpt", str(args.nanogpt)] if name == "generation" and args.nanogpt else []
+        extra = []
+        if name == "generation":
+            extra += ["--nanogpt", str(args.nanogpt)] if args.nanogpt else []
+            extra += ["--llama-cpp", str(args.llama_cpp)] if args.llama_cpp else []
         body = BENCHMARKS[name].benchmark([*common, *extra])
         print(body, flush=True)
         sections[name] = section(name, body, info)

@@ -11,7 +11,7 @@
     hf-nanogpt export gguf MODEL OUT.gguf [--outtype f32|f16|bf16] [--overwrite] [--trust-remote-code]
     hf-nanogpt convert llmc IN.bin OUT [--tokenizer gpt2|DIR] [--overwrite] [--push-to-hub REPO_ID [--private]]
     hf-nanogpt export llmc MODEL OUT.bin [--dtype float32|bfloat16] [--overwrite] [--trust-remote-code]
-    hf-nanogpt prepare INPUT OUT_DIR --tokenizer char|gpt2|PATH
+    hf-nanogpt prepare INPUT OUT_DIR --tokenizer char|gpt2|PATH [--num_proc N] [--shard_tokens N] [--max_memory SIZE]
     hf-nanogpt train [CONFIG] [--name value ...]          (also: accelerate launch -m hf_nanogpt.train ...)
     hf-nanogpt push MODEL REPO_ID [--private] [--revision BRANCH] [--commit-message M] [--token T]
 
@@ -168,7 +168,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from .data import prepare
 
     prepare(args.input, args.out_dir, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
-            text_column=args.text_column, overwrite=args.overwrite)
+            text_column=args.text_column, overwrite=args.overwrite, dataset_config=args.dataset_config,
+            num_proc=args.num_proc, max_memory=args.max_memory, shard_tokens=args.shard_tokens)
     return 0
 
 
@@ -294,15 +295,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = sub.add_parser(
         "prepare",
-        help="tokenize text into nanoGPT's data layout (train.bin, val.bin, meta.pkl)",
+        help="tokenize text into nanoGPT's data layout (train.bin, val.bin, meta.pkl) or llm.c's shards",
         description="Write OUT_DIR/train.bin and val.bin (uint16 ids, uint32 past 65,536 tokens) and, for char "
-        "level, meta.pkl, as nanoGPT's prepare.py scripts do: the first 90%% of the text trains, the rest validates.",
+        "level, meta.pkl, as nanoGPT's prepare.py scripts do: the first 90%% of a text trains, the rest validates "
+        "(of several documents, the first 90%%; of a stream, every 10th document validates). With --shard_tokens, "
+        "llm.c's and modded-nanogpt's shards instead. Streams: memory does not grow with the corpus.",
     )
-    prep.add_argument("input", metavar="INPUT", help="a text file, a folder of text files, or a `datasets` data set")
+    prep.add_argument("input", metavar="INPUT", help="a text file, a folder of text files, or a `datasets` data set: a "
+                      "saved folder, .json/.jsonl/.parquet/.csv files (or a folder of them), or a Hub name (streamed)")
     prep.add_argument("out_dir", metavar="OUT_DIR")
     prep.add_argument("--tokenizer", default="char", help="char | gpt2 | a tokenizer folder or meta.pkl (default: char)")
     prep.add_argument("--val_fraction", "--val-fraction", type=float, default=0.1)
     prep.add_argument("--text_column", "--text-column", default="text", help="column of a `datasets` data set")
+    prep.add_argument("--dataset_config", "--dataset-config", default=None,
+                      help="a Hub data set's configuration (e.g. sample-10BT of HuggingFaceFW/fineweb)")
+    prep.add_argument("--num_proc", "--num-proc", type=int, default=None, help="worker processes (default: the CPU count)")
+    prep.add_argument("--max_memory", "--max-memory", default="1GB",
+                      help="bound on the text and ids in flight, e.g. 512MB (default 1GB; the interpreter's own not counted)")
+    prep.add_argument("--shard_tokens", "--shard-tokens", default=None,
+                      help="write shards of this many tokens (e.g. 100M, llm.c's size) in llm.c's format instead of train.bin/val.bin")
     prep.add_argument("--overwrite", action="store_true")
     prep.set_defaults(func=cmd_prepare)
 

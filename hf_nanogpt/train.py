@@ -16,8 +16,10 @@ Differences from nanoGPT, each on purpose:
 - `gradient_accumulation_steps` is, as in nanoGPT, the total over all processes (divided by their
   number); the windows of each micro-step are drawn once for all processes and shared out, so N
   processes with batch b see exactly the windows one process with batch N*b would.
-- Training windows and evaluation windows come from two seeded generators saved in the checkpoint, so
-  a resumed run continues bit for bit (on one CPU process).
+- Training windows come from a seeded generator saved in the checkpoint, so a resumed run continues bit
+  for bit (on one CPU process). Every evaluation scores the same windows (`evaluation_windows`: drawn once
+  from a fixed seed, shared out among the processes), so val losses compare across runs, evaluations and
+  numbers of processes; nanoGPT draws new ones each time, from each process's own generator.
 - out_dir holds a Hugging Face model folder (the best model by val loss, or the latest with
   always_save_checkpoint) and checkpoints/, the resumable state, written to a temporary folder and
   renamed, so a kill mid-save leaves the previous checkpoint whole.
@@ -46,6 +48,7 @@ STATE_FILE = "trainer_state.json"
 DATA_STATE_FILE = "data_state.safetensors"
 MODEL_CONFIG_DIR = "model_config"
 LOG_FILE = "log.jsonl"
+EVAL_SEED = 1338  # of the evaluation windows; it was the default seed + 1, so one process's first evaluation is as before
 
 
 class _ExpectedTiedWeightsNote(logging.Filter):
@@ -617,6 +620,14 @@ def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool)
     )
 
 
+def evaluation_windows(data, block_size: int, batch_size: int, eval_iters: int) -> dict[str, list[torch.Tensor]]:
+    """The windows every evaluation scores, by split: eval_iters batches of batch_size window starts, drawn
+    once from EVAL_SEED (the train split's batches first), whatever the run's seed or number of processes."""
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    return {split: [data.random_starts(split, block_size, batch_size, generator) for _ in range(eval_iters)]
+            for split in ("train", "val")}
+
+
 # ---------------------------------------------------------------------------------------------------
 # the loop
 
@@ -709,9 +720,9 @@ def train(cfg: TrainConfig) -> dict:
     model, *optimizers = accelerator.prepare(model, *optimizers)  # each in accelerate's checkpoint state
     raw_model = accelerator.unwrap_model(model)
 
-    # the data position: one generator for training windows, one for evaluation windows
+    # the data position: the generator of the training windows (evaluation scores fixed ones)
     train_gen = torch.Generator().manual_seed(cfg.seed)
-    eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    eval_windows = evaluation_windows(data, cfg.block_size, cfg.batch_size, cfg.eval_iters)
     iter_num, best_val_loss, history = 0, 1e9, []
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
@@ -719,34 +730,38 @@ def train(cfg: TrainConfig) -> dict:
         saved = json.loads((resume_dir / STATE_FILE).read_text())
         iter_num, best_val_loss, history = saved["iter_num"], saved["best_val_loss"], saved["history"]
         data_state = load_file(resume_dir / DATA_STATE_FILE)
-        train_gen.set_state(data_state["train_gen"])
-        eval_gen.set_state(data_state["eval_gen"])
+        train_gen.set_state(data_state["train_gen"])  # (an older checkpoint's eval_gen is not needed)
         base_model = saved.get("base_model")
     dataset_name = cfg.dataset if cfg.data_dir is None else str(data_dir)
 
-    def batch(split: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = data.random_batch(split, cfg.block_size, cfg.batch_size, gen, world, rank)
+    def on_device(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
 
     @torch.no_grad()
     def estimate_loss() -> dict:
+        """The mean loss over each split's evaluation batches. Process r scores batches r, r + world, ...
+        into a vector of zeros elsewhere, and the vectors are summed across processes, so every number of
+        processes gets the figures one process gets. Each runs as many forwards (FSDP gathers in each):
+        where the batches run out, it scores one again and does not count it."""
         model.eval()
         out = {}
-        for split in ("train", "val"):
+        for split, batches in eval_windows.items():
             losses = torch.zeros(cfg.eval_iters, device=accelerator.device)
-            for k in range(cfg.eval_iters):
-                x, y = batch(split, eval_gen)
-                losses[k] = model(x, shift_labels=y).loss
-            out[split] = accelerator.reduce(losses.mean(), reduction="mean").item()
+            for k in range(rank, world * math.ceil(cfg.eval_iters / world), world):
+                x, y = on_device(*data.windows(split, batches[k % cfg.eval_iters], cfg.block_size))
+                loss = model(x, shift_labels=y).loss
+                if k < cfg.eval_iters:
+                    losses[k] = loss
+            out[split] = accelerator.reduce(losses, reduction="sum").mean().item()
         model.train()
         return out
 
     model_written = False  # in this run: every process knows it alike (a file check could differ)
 
-    def checkpoint(eval_gen_state: torch.Tensor) -> None:
+    def checkpoint() -> None:
         nonlocal model_written
         state = {"iter_num": iter_num, "best_val_loss": best_val_loss, "history": history, "base_model": base_model}
-        save_checkpoint(accelerator, model, cfg, state, {"train_gen": train_gen.get_state(), "eval_gen": eval_gen_state})
+        save_checkpoint(accelerator, model, cfg, state, {"train_gen": train_gen.get_state()})
         write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset_name)
         model_written = True
 
@@ -773,7 +788,6 @@ def train(cfg: TrainConfig) -> dict:
             lr = set_hyperparameters(optimizers, iter_num, cfg)
 
             if iter_num % cfg.eval_interval == 0:
-                eval_state = eval_gen.get_state()  # saved as it was before this evaluation
                 losses = estimate_loss()
                 if not all(math.isfinite(v) for v in losses.values()):
                     stopped = f"loss became {losses} at iter {iter_num}"
@@ -787,7 +801,7 @@ def train(cfg: TrainConfig) -> dict:
                 if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
                     best_val_loss = min(best_val_loss, losses["val"])
                     if iter_num > 0:
-                        checkpoint(eval_state)
+                        checkpoint()
                         if cfg.push_checkpoints and cfg.push_to_hub and main:
                             _push(cfg, f"checkpoint at iter {iter_num}")
             if iter_num == 0 and cfg.eval_only:
@@ -798,7 +812,7 @@ def train(cfg: TrainConfig) -> dict:
             # forward, backward, update; gradients are synchronised on the last micro-step only
             loss_sum = torch.zeros((), device=accelerator.device)
             for micro_step in range(grad_accum):
-                x, y = batch("train", train_gen)
+                x, y = on_device(*data.random_batch("train", cfg.block_size, cfg.batch_size, train_gen, world, rank))
                 last = micro_step == grad_accum - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     loss = model(x, shift_labels=y).loss  # prepare() put the model under autocast
@@ -830,7 +844,7 @@ def train(cfg: TrainConfig) -> dict:
             if iter_num > cfg.max_iters:
                 break
             if _any(accelerator, preemption.requested):
-                checkpoint(eval_gen.get_state())
+                checkpoint()
                 stopped = preemption.signal or "SIGTERM"  # the signal may have reached another process only
                 break
     finally:

@@ -26,13 +26,20 @@ def test_bench_suite_runs_on_tiny_models(tmp_path):
     assert "transformers: 5." in text
     assert re.search(r"CPU: .+; cores: \d+ \(torch threads: \d+\); torch: ", text)
 
-    # B1: both cache modes at both batch sizes, greedy tokens equal in every row, the bandwidth table
+    # B1: both cache modes at both batch sizes in both dtypes, float32's greedy tokens equal in every row (bfloat16
+    # rounds differently in each model's kernels), the bandwidth table, bfloat16's accuracy on the two fixtures
     # (in B1's own section: the notes appended after the sections keep earlier machines' B1 tables)
     b1 = re.search(r"<!-- bench:generation -->.*?<!-- /bench:generation -->", text, re.S).group(0)
-    generation = re.findall(r"^\| (\d+) \| (eager|static-compile) \| [\d.]+ \| [\d.]+ \| [\d.]+x \| (\w+) \|", b1, re.M)
-    assert sorted((b, m) for b, m, _ in generation) == [("1", "eager"), ("1", "static-compile"), ("8", "eager"), ("8", "static-compile")]
-    assert all(same == "yes" for _, _, same in generation)
+    row = r"^\| (\d+) \| (float32|bfloat16) \| (eager|static-compile) \| [\d.]+ \| [\d.]+ \| [\d.]+x \| (\S+) \|"
+    generation = re.findall(row, b1, re.M)
+    assert sorted((b, d, m) for b, d, m, _ in generation) == [
+        (b, d, m) for b in "18" for d in ("bfloat16", "float32") for m in ("eager", "static-compile")
+    ]
+    assert all(same == "yes" for _, dtype, _, same in generation if dtype == "float32")
     assert "effective GB/s" in b1 and "of the read probe" in b1
+    accuracy = re.findall(r"^\| (A_char_nobias|B_bpe_bias) \| \d+ x \d+ \| ([\d.]+) \| ([\d.]+) \| ", b1, re.M)
+    assert [name for name, *_ in accuracy] == ["A_char_nobias", "B_bpe_bias"]
+    assert all(abs(float(b) / float(a) - 1) < 0.05 for _, a, b in accuracy)  # bfloat16 is close, not equal
 
     # B2: four runs per shape with step times and FLOP/s, and a loss-curve row whose two curves agree
     steps = re.findall(r"^\| tiny \(block 32, batch 2\) \| [^|]+ \| ([\d.]+) \| [\d,]+ \| [\d.]+ \(\d+% of \w+ mm\) \|", text, re.M)

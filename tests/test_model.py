@@ -280,54 +280,95 @@ def test_resize_token_embeddings_keeps_the_tie():
 
 
 @pytest.mark.parametrize("n_out", [12, 97])  # divisible by the row blocks, and not (a remainder)
-@pytest.mark.parametrize("blocks", [2, 3, 4])
+@pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("lead", [(1,), (1, 1), (3, 2), (8, 1)])
-def test_few_rows_decode_matmul_equals_linear(n_out, blocks, bias, lead):
-    from hf_nanogpt.modeling_nanogpt import rows_times_weight
+def test_every_decode_matmul_equals_linear(n_out, threads, bias, lead):
+    from hf_nanogpt.modeling_nanogpt import DECODE_MATMULS
 
     torch.manual_seed(0)
     weight, b = torch.randn(n_out, 24), torch.randn(n_out) if bias else None
     x = torch.randn(*lead, 24)
-    got = rows_times_weight(x, weight, b, blocks)
-    assert got.shape == (*lead, n_out) and got.is_contiguous()
-    torch.testing.assert_close(got, F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+    names = [name for name in DECODE_MATMULS if name != "one_row" or x.numel() == 24]
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for name in names:
+            got = DECODE_MATMULS[name](x, weight, b)
+            assert got.shape == (*lead, n_out) and got.is_contiguous(), name
+            torch.testing.assert_close(got, F.linear(x, weight, b), rtol=1e-5, atol=1e-5, msg=name)
+    finally:
+        torch.set_num_threads(previous)
 
 
-def test_few_rows_path_taken_only_for_cpu_float32_inference(monkeypatch):
-    from hf_nanogpt import modeling_nanogpt
+def test_decode_matmul_is_timed_once_per_shape_and_kept_only_past_the_margin(monkeypatch):
+    from hf_nanogpt import modeling_nanogpt as m
 
-    calls = []
-    real = modeling_nanogpt.rows_times_weight
-    monkeypatch.setattr(modeling_nanogpt, "rows_times_weight", lambda *a: calls.append(a[3]) or real(*a))
-    layer = modeling_nanogpt.Linear(16, 40)
-    x = torch.randn(2, 1, 16)
+    monkeypatch.setattr(m, "DECODE_CHOICE", {})
+    timed = []
+    seconds = {"linear": 1.0, "row_blocks": 0.95, "one_row": 0.5}
+    monkeypatch.setattr(m, "time_products", lambda products, *a: timed.extend(products) or {n: seconds[n] for n in products})
+    weight = torch.randn(40, 16)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        layer(x)  # gradients on: nn.Linear's path, autograd as always
-        assert calls == []
-        with torch.no_grad():
-            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
-            assert calls == [2]
-            layer(torch.randn(4, modeling_nanogpt.FEW_ROWS, 16))  # a prompt: many rows
-            layer.to(torch.bfloat16)(x.bfloat16())
-            torch.set_num_threads(1)
-            layer.float()(x)
-        assert calls == [2]
+        assert m.decode_matmul(torch.randn(1, 1, 16), weight, None) == "one_row"  # 0.5 s against 1 s
+        assert len(timed) == 3
+        assert m.decode_matmul(torch.randn(1, 1, 16), weight, None) == "one_row" and len(timed) == 3  # kept
+        # two rows: no matrix-vector product; row blocks at 0.95x are within the margin, so F.linear stays
+        assert m.decode_matmul(torch.randn(2, 1, 16), weight, None) == "linear" and len(timed) == 5
+        torch.set_num_threads(1)  # a new key; one thread has no row blocks
+        assert m.decode_matmul(torch.randn(1, 1, 16), weight, None) == "one_row" and len(timed) == 7
+        assert "row_blocks" not in timed[5:]
     finally:
         torch.set_num_threads(threads)
 
 
-def test_greedy_tokens_do_not_depend_on_the_decode_matmul():
+def test_time_products_times_each_in_turns():
+    from hf_nanogpt import modeling_nanogpt as m
+
+    calls = []
+    products = {name: (lambda name: lambda *a: calls.append(name))(name) for name in ("linear", "one_row")}
+    seconds = m.time_products(products, torch.randn(1, 4), torch.randn(3, 4), None, rounds=3)
+    assert calls == ["linear", "one_row"] * 4  # a warm-up round, then three timed
+    assert set(seconds) == {"linear", "one_row"} and all(0 < s < 1 for s in seconds.values())
+
+
+def test_decode_matmul_only_for_cpu_inference_on_few_rows(monkeypatch):
+    from hf_nanogpt import modeling_nanogpt as m
+
+    chosen = []
+    monkeypatch.setattr(m, "decode_matmul", lambda x, w, b: chosen.append(x.shape) or "one_row")
+    layer = m.Linear(16, 40)
+    x = torch.randn(1, 1, 16)
+    layer(x)  # gradients on: nn.Linear's path, autograd as always
+    assert chosen == []
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        assert chosen == [(1, 1, 16)]
+        layer(torch.randn(4, m.FEW_ROWS, 16))  # a prompt: many rows
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)
+        assert chosen == [(1, 1, 16)]
+        torch.testing.assert_close(layer.to(torch.bfloat16)(x.bfloat16()), F.linear(x.bfloat16(), layer.weight, layer.bias))
+        assert chosen == [(1, 1, 16), (1, 1, 16)]
+
+
+def test_greedy_tokens_do_not_depend_on_the_decode_matmul(monkeypatch):
+    from hf_nanogpt import modeling_nanogpt as m
+
     model = tiny_model(seed=3)
     prompt = torch.randint(0, 96, (2, 6), generator=torch.Generator().manual_seed(4))
+    outputs = {}
     threads = torch.get_num_threads()
     try:
-        outputs = []
-        for n in (1, 2):  # one thread: F.linear everywhere; two: the row-block bmm at decode
-            torch.set_num_threads(n)
-            outputs.append(model.generate(prompt, max_new_tokens=20, do_sample=False))
+        torch.set_num_threads(2)
+        for name in m.DECODE_MATMULS:
+            monkeypatch.setattr(m, "decode_matmul", lambda x, w, b: name if name != "one_row" or x.numel() == w.shape[1] else "linear")
+            outputs[name] = model.generate(prompt, max_new_tokens=20, do_sample=False)
+            outputs[name + ", one row"] = model.generate(prompt[:1], max_new_tokens=20, do_sample=False)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(*outputs)
+    for name in m.DECODE_MATMULS:
+        assert torch.equal(outputs[name], outputs["linear"]), name
+        assert torch.equal(outputs[name + ", one row"], outputs["linear, one row"]), name

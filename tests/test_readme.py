@@ -38,9 +38,12 @@ NOT_RUN = {  # a piece of a line -> why it does not run here
     "hf auth login": "it asks for a token interactively; here HF_TOKEN is set, the other way the line gives",
     "ddp_8gpu": "it needs 8 GPUs",
     "--tasks hellaswag": "lm-eval downloads the hellaswag and lambada data sets from the Hub (network); the local task below runs",
+    "HuggingFaceFW/fineweb": "it streams FineWeb from the Hub (network); the world has shards in its place (data/fineweb10B)",
+    "dev/data/fineweb.py": "llm.c's script, in an llm.c checkout, downloads FineWeb; the world has shards in its place",
 }
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=2, max_iters=4, eval_interval=2, eval_iters=1,
-            always_save_checkpoint=True, log_with="none")  # what every training run of the README gets on top
+            always_save_checkpoint=True, log_with="none", wandb_log=False, compile=False,
+            gradient_accumulation_steps=1)  # what every training run of the README gets on top (gpt2_124m's wandb too)
 
 
 def readme_blocks() -> list[tuple[int, str, str]]:
@@ -55,6 +58,7 @@ def world(tmp_path_factory):
     """The folder the README's commands run in, and the namespace its Python blocks share."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from hf_nanogpt.data import write_shard
     from hf_nanogpt.saving import save_model_folder
     from hf_nanogpt.tokenization import char_tokenizer, gpt2_tokenizer
 
@@ -70,6 +74,12 @@ def world(tmp_path_factory):
     chars = sorted(set((root / "input.txt").read_text()) | set("def "))
     save_model_folder(tiny_model(vocab_size=len(chars), block_size=64), root / "out" / "demo", char_tokenizer(chars))
     (root / ".venv").symlink_to(Path(sys.prefix))  # the README's `.venv/bin/hf-nanogpt`
+    # what the README's FineWeb commands would write (GPT-2 tokens of input.txt in llm.c's shards, llm.c's names)
+    ids = gpt2_tokenizer()((root / "input.txt").read_text())["input_ids"]
+    for folder in (root / "data" / "fineweb10B", root / "llm.c" / "dev" / "data" / "fineweb10B"):
+        folder.mkdir(parents=True)
+        for name, part in (("val_000000", ids[:2_000]), ("train_000001", ids[2_000:12_000]), ("train_000002", ids[12_000:])):
+            write_shard(folder / f"fineweb_{name}.bin", part)
     shutil.copytree(ROOT / "configs", root / "configs")  # the README's paths are the repo's
     return root, {"__name__": "__readme__"}
 
