@@ -129,9 +129,8 @@ def compare(gpt2, ours, batch: int, mode: str, repeats: int, new_tokens: int = N
     }
 
 
-def export_for_llama(ours, folder: Path, dtype: str) -> Path:
-    """Our model (with the GPT-2 tokenizer, which llama.cpp needs inside the file) as a GGUF of `dtype`."""
-    save_model_folder(ours, folder, gpt2_tokenizer(), overwrite=True)
+def export_for_llama(folder: Path, dtype: str) -> Path:
+    """A model folder holding the GPT-2 tokenizer (llama.cpp needs one inside the file) as a GGUF of `dtype`."""
     gguf = folder.with_suffix(f".{GGUF_TYPES[dtype]}.gguf")
     export_gguf(folder, gguf, outtype=GGUF_TYPES[dtype], overwrite=True, log=lambda *a: None)
     return gguf
@@ -224,11 +223,12 @@ def run(batches=(1, 8), modes=MODES, repeats: int = 5, nanogpt: Path | None = No
     results = {"rows": [], "nanogpt": [], "llama_tokens": {}, "new_tokens": new_tokens}
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
         gpt2_f32, ours_f32 = gpt2_pair(shape, Path(tmp) / "gpt2")
+        if llama_cpp is not None:  # saved once, exported in each dtype
+            save_model_folder(ours_f32, Path(tmp) / "ours", gpt2_tokenizer(), overwrite=True)
         for dtype in dtypes:
             llama = None
             if llama_cpp is not None:
-                gguf = export_for_llama(ours_f32, Path(tmp) / "ours", dtype)
-                llama = (llama_cpp / "bin", gguf)
+                llama = (llama_cpp / "bin", export_for_llama(Path(tmp) / "ours", dtype))
             for mode in modes:
                 # copies in the dtype (module.to works in place), compiled afresh for the mode
                 gpt2, ours = (copy.deepcopy(m).to(DTYPES[dtype]) for m in (gpt2_f32, ours_f32))
