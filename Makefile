@@ -15,7 +15,7 @@ VERSION_TESTS := tests/test_model.py tests/test_generation.py tests/test_fidelit
 FLOOR := .venv-floor
 NEWEST := .venv-newest
 
-.PHONY: demo test test-versions bench install lock clean
+.PHONY: demo test test-versions bench gpu-check install lock clean
 
 # The stamp is rebuilt when pyproject.toml or the lock changes, so the second run is fast.
 $(VENV)/.installed: pyproject.toml $(LOCK)
@@ -64,6 +64,11 @@ lock:
 # LLAMA_CPP=path/to/llama.cpp/build the rows against llama.cpp's decoding (llama-bench, llama-simple).
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.run $(if $(NANOGPT),--nanogpt $(NANOGPT)) $(if $(LLAMA_CPP),--llama-cpp $(LLAMA_CPP))
+
+# B4 on one GPU in under 5 minutes: training MFU at GPT-2 124M, decode at batch 1 and 32, GPU-vs-CPU logits (Markdown
+# for BENCHMARKS.md); without CUDA, a dry run on tiny shapes. No .venv there: PYTHONPATH=. python3 -m benchmarks.gpu_check
+gpu-check: $(VENV)/.installed
+	$(PY) -m benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) $(FLOOR) $(NEWEST) .venv-lock out .pytest_cache

@@ -38,7 +38,7 @@ import torch
 
 from hf_nanogpt.data import SHARD_HEADER_INTS, TokenData, prepare
 from hf_nanogpt.demo import stdlib_corpus
-from hf_nanogpt.train import auto_dtype
+from hf_nanogpt.training.devices import auto_dtype
 
 from .common import GPT2_124M, TINY, gpt2_pair, markdown_table, ratio_cell
 

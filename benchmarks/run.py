@@ -33,8 +33,9 @@ comparison runs both sides in one process (or in paired processes), the sides ta
 warm-up, and reports medians of at least 5 timed runs and the ratio ours/theirs. Timings on shared
 machines are noisy: compare ratios taken in the same run, not absolute numbers across runs.
 
-B4 (GPU: bf16 training MFU, generation at batch 1 and 32) is not part of the suite yet: no GPU has
-been available to write and check it on.
+B4 (GPU: bf16 training MFU, generation at batch 1 and 32, CPU-GPU logits parity) is `make gpu-check`
+(benchmarks/gpu_check.py), run apart on a GPU; its report goes here when one has run it. None has yet: no
+GPU was lent to the sessions that wrote it (its CPU dry run is in the test suite).
 """
 
 

@@ -15,7 +15,7 @@ seeing the same batches:
   trainer runs without clipping too, so the loss curves are comparable. Step times are the trainer's
   own per-iteration `dt` from its log.jsonl.
 
-Achieved FLOP/s count nanoGPT's 6N + attention FLOPs per token (hf_nanogpt.train.flops_per_token),
+Achieved FLOP/s count nanoGPT's 6N + attention FLOPs per token (hf_nanogpt.training.measure.flops_per_token),
 against torch.mm's FLOP/s on 2048x2048 matrices measured in the same run, in the dtype that did the work.
 """
 
@@ -33,7 +33,10 @@ from tqdm.auto import tqdm
 
 from hf_nanogpt.data import TokenData, prepare
 from hf_nanogpt.demo import stdlib_corpus
-from hf_nanogpt.train import TrainConfig, auto_dtype, flops_per_token, get_lr
+from hf_nanogpt.training.config import TrainConfig
+from hf_nanogpt.training.devices import auto_dtype
+from hf_nanogpt.training.measure import flops_per_token
+from hf_nanogpt.training.optim import get_lr
 
 from .common import GPT2_124M, TINY, alternate, gpt2_pair, markdown_table, matmul_flops, ratio_cell
 

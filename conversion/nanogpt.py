@@ -289,7 +289,7 @@ def nanogpt_model_card(info: dict, config: NanoGPTConfig, tok_desc: str, name: s
 def nanogpt_optimizer_state(model: NanoGPTForCausalLM, weight_decay: float, learning_rate: float, betas: tuple) -> dict:
     """A fresh AdamW state_dict grouped as nanoGPT's configure_optimizers groups parameters (2-D and up
     decayed, the rest not), so that train.py's `optimizer.load_state_dict` accepts it on resume."""
-    from hf_nanogpt.train import nanogpt_param_groups
+    from hf_nanogpt.training.optim import nanogpt_param_groups
 
     return torch.optim.AdamW(nanogpt_param_groups(model, weight_decay), lr=learning_rate, betas=betas).state_dict()
 

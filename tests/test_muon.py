@@ -10,19 +10,10 @@ from transformers import AutoModelForCausalLM
 
 from conftest import tiny_model
 from hf_nanogpt.conversion.nanogpt import export_nanogpt
-from hf_nanogpt.train import (
-    TrainConfig,
-    check_config,
-    configure_optimizers,
-    get_lr,
-    get_wsd_lr,
-    latest_checkpoint,
-    muon_momentum,
-    muon_split,
-    parse_args,
-    set_hyperparameters,
-    train,
-)
+from hf_nanogpt.train import train
+from hf_nanogpt.training.checkpoint import latest_checkpoint
+from hf_nanogpt.training.config import TrainConfig, check_config, parse_args
+from hf_nanogpt.training.optim import configure_optimizers, get_lr, get_wsd_lr, muon_momentum, muon_split, set_hyperparameters
 from test_train import BIN, as_args, char_data, free_port, one_process_evaluation, step_losses, tiny, val_losses  # noqa: F401 (char_data: a fixture)
 
 pytestmark = pytest.mark.slow

@@ -37,6 +37,8 @@ NOT_RUN = {  # a piece of a line -> why it does not run here
     "pip install": "it would install into the environment running the tests",
     "hf auth login": "it asks for a token interactively; here HF_TOKEN is set, the other way the line gives",
     "ddp_8gpu": "it needs 8 GPUs",
+    "fsdp_cpu_2proc.yaml": "a full run of the preset; tests/test_distributed.py runs this line (the config's header) briefly",
+    "multinode_cpu_2x1.yaml": "two machines: tests/test_distributed.py runs the two lines at once, briefly",
     "--tasks hellaswag": "lm-eval downloads the hellaswag and lambada data sets from the Hub (network); the local task below runs",
     "HuggingFaceFW/fineweb": "it streams FineWeb from the Hub (network); the world has shards in its place (data/fineweb10B)",
     "dev/data/fineweb.py": "llm.c's script, in an llm.c checkout, downloads FineWeb; the world has shards in its place",

@@ -17,8 +17,11 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, get_
 
 from conftest import FIXTURES, NANOGPT_FIXTURES
 from hf_nanogpt.data import TokenData, prepare
-from hf_nanogpt.train import (TrainConfig, evaluation_windows, get_lr, latest_checkpoint, load_config_file, micro_steps_per_process,
-                               parse_args, train)
+from hf_nanogpt.train import train
+from hf_nanogpt.training.checkpoint import latest_checkpoint
+from hf_nanogpt.training.config import TrainConfig, load_config_file, micro_steps_per_process, parse_args
+from hf_nanogpt.training.evaluation import evaluation_windows
+from hf_nanogpt.training.optim import get_lr
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -111,7 +114,7 @@ def test_lr_schedule_is_nanogpts_and_where_transformers_differs():
 
 
 def test_auto_dtype():
-    from hf_nanogpt.train import auto_dtype, cpu_has_native_bf16
+    from hf_nanogpt.training.devices import auto_dtype, cpu_has_native_bf16
 
     assert auto_dtype(cuda=False) == ("bfloat16" if cpu_has_native_bf16() else "float32")
 
@@ -358,38 +361,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def test_two_processes_follow_one_process_with_twice_the_batch(char_data, tmp_path):
-    """Two gloo CPU processes under accelerate launch: per-process batch b, 2 processes == 1 process, batch 2b.
-    (accelerate 1.15's `--cpu` starts one process unless given an MPI hostfile; `--multi_gpu` on a machine
-    without GPUs starts torchrun's processes, which Accelerate runs on the CPU with gloo.)"""
-    one = tiny(char_data, tmp_path / "one", batch_size=8, gradient_accumulation_steps=1, max_iters=20, eval_interval=10,
-               always_save_checkpoint=True)
-    two = tiny(char_data, tmp_path / "two", batch_size=4, gradient_accumulation_steps=2, max_iters=20, eval_interval=10,
-               always_save_checkpoint=True, eval_iters=3)  # 3 batches for 2 processes: one scores a batch twice
-    assert run_trainer(one).wait(timeout=300) == 0
-    config = Path(__file__).parents[1] / "configs" / "accelerate" / "cpu_2proc.yaml"  # the shipped one
-    launch = [str(BIN / "accelerate"), "launch", "--config_file", str(config), "--main_process_port", str(free_port()),
-              "-m", "hf_nanogpt.train", *as_args(two)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.count("tokens per iteration will be: 256 (2 process(es)") == 1  # only the main process logs
-    assert "(MULTI_CPU)" in result.stdout
-    a, b = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
-    assert sorted(a) == sorted(b) == list(range(21))  # one line per step: written once
-    for it in a:
-        assert b[it] == pytest.approx(a[it], rel=1e-4), it
-    # evaluation scores the same windows whatever the number of processes: two processes' last val loss is what
-    # one process computes for the model they saved (batch 4: not run one's, of batch 8)
-    assert val_losses(tmp_path / "two")[-1] == pytest.approx(one_process_evaluation(two)["val"], rel=1e-6)
-    checkpoints = tmp_path / "two" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.glob("iter_*")) == ["iter_0000020"]
-    assert not list(checkpoints.glob(".*tmp"))
-    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors", "optimizer.bin"} <= set(os.listdir(checkpoints / "iter_0000020"))
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "two")
-    assert model.lm_head.weight is model.transformer.wte.weight
 
 
 def test_push_to_hub_publishes_the_model_not_the_training_state(char_data, tmp_path, monkeypatch, hub):

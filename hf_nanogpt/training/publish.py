@@ -1,0 +1,124 @@
+"""What a run leaves for people: the Hugging Face model folder in out_dir, with its card and loss plot, and
+the push to the Hub."""
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+
+def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset_name) -> None:
+    """The Hugging Face model folder in out_dir: each file written beside and renamed into place."""
+    from transformers.utils import logging as hf_logging
+
+    from ..saving import umask_modes, write_model_folder
+
+    hf_logging.disable_progress_bar()  # the training bar is the one to watch
+    state_dict = accelerator.get_state_dict(model)  # gathered from every process under FSDP/DeepSpeed
+    if not accelerator.is_main_process:
+        return
+    out_dir = Path(cfg.out_dir)
+    tmp = out_dir / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    unwrapped, state_dict = unsharded(accelerator.unwrap_model(model), state_dict)
+    extra = {"training_config.json": json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"}
+    png = loss_plot(history)
+    if png is not None:
+        extra["loss.png"] = png
+    write_model_folder(
+        unwrapped,
+        tmp,
+        tokenizer,
+        model_card=training_card(cfg, unwrapped, history, base_model, dataset_name, png is not None),
+        extra_files=extra,
+        state_dict=state_dict,
+    )
+    umask_modes(tmp)
+    for item in tmp.iterdir():
+        os.replace(item, out_dir / item.name)
+    tmp.rmdir()
+
+
+def unsharded(model, state_dict: dict) -> tuple:
+    """(model, state_dict) for save_pretrained. An FSDP2 model becomes its own class again, holding the
+    gathered weights (wte and lm_head tied again), and the state dict None: FSDP2 gives a sharded model a
+    generated class, FSDP<Name>, which save_pretrained would write into config.json's auto_map as the remote
+    code, with torch's FSDP files copied beside it."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return model, state_dict
+    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    with torch.device("meta"):
+        plain = cls(model.config)
+    plain.load_state_dict(state_dict, assign=True)  # the gathered tensors themselves: no copy
+    plain.tie_weights()
+    return plain, None
+
+
+def loss_plot(history: list[dict]) -> bytes | None:
+    """A PNG of train and val loss over iterations, or None without matplotlib or data."""
+    if len(history) < 2:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    import io
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    iters = [h["iter"] for h in history]
+    ax.plot(iters, [h["train"] for h in history], label="train")
+    ax.plot(iters, [h["val"] for h in history], label="val")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool) -> str:
+    from ..model_card import GPT2_HUB_IDS, hub_datasets, render_model_card, table
+
+    c = model.config
+    rows = [{"iter": h["iter"], "train loss": f"{h['train']:.4f}", "val loss": f"{h['val']:.4f}"} for h in history]
+    muon = ["muon_learning_rate", "muon_momentum", "muon_momentum_warmup", "muon_momentum_warmup_iters",
+            "muon_weight_decay"] if cfg.optimizer == "muon" else []
+    wsd = ["cooldown_frac"] if cfg.lr_schedule == "wsd" else []
+    names = ["init_from", "dataset", "max_iters", "batch_size", "gradient_accumulation_steps", "block_size", "optimizer",
+             *muon, "learning_rate", "min_lr", "lr_schedule", "warmup_iters", *wsd, "weight_decay", "dropout", "dtype"]
+    settings = {k: getattr(cfg, k) for k in names}
+    sections = {
+        "Training": table([{"setting": k, "value": v} for k, v in settings.items()], ["setting", "value"]),
+        "Losses": table(rows, ["iter", "train loss", "val loss"]) + ("\n\n![loss curve](loss.png)" if has_plot else ""),
+    }
+    return render_model_card(
+        title=f"{Path(cfg.out_dir).name}: a nanoGPT model trained with hf_nanogpt",
+        summary=(
+            f"A GPT ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} dimensions, context {c.block_size}, vocabulary "
+            f"{c.vocab_size}) trained with hf_nanogpt's Accelerate trainer on {dataset_name}"
+            + (f", starting from {base_model}" if base_model else "")
+            + (f". Best validation loss {min(h['val'] for h in history):.4f}." if history else ".")
+        ),
+        sections=sections,
+        model_ref=cfg.push_to_hub or cfg.out_dir,
+        base_model=GPT2_HUB_IDS.get(base_model, base_model) if base_model and not Path(base_model).exists() else None,
+        datasets=hub_datasets(cfg.dataset) if cfg.data_dir is None else None,
+    )
+
+
+def push(cfg, message: str) -> None:
+    """out_dir's model folder (not checkpoints/, not the logs) to cfg.push_to_hub."""
+    from ..hub import push_to_hub
+
+    push_to_hub(cfg.out_dir, cfg.push_to_hub, private=cfg.hub_private, commit_message=message)
