@@ -215,13 +215,15 @@ def test_two_machines_form_one_world(char_data, tmp_path, runs):
 
 
 def test_the_fsdp_config_runs_the_command_in_its_header(char_data, tmp_path):
+    """Briefly, and with torch.compile (nanoGPT's default, gpt2_124m's): compiled FSDP writes its model folder."""
     (command,) = header_commands("fsdp_cpu_2proc.yaml")
     assert command[:4] == ["accelerate", "launch", "--config_file", "configs/accelerate/fsdp_cpu_2proc.yaml"]
-    cfg = tiny(char_data, tmp_path / "out", max_iters=2, eval_interval=2, eval_iters=1, n_layer=1)
+    cfg = tiny(char_data, tmp_path / "out", max_iters=2, eval_interval=2, eval_iters=1, n_layer=1, compile=True)
     launched = [ACCELERATE, *command[1:4], "--main_process_port", str(free_port()), *command[4:], *brief(cfg)]
     result = subprocess.run(launched, capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "(2 process(es) x 1 micro-steps x 6" in result.stdout and "(FSDP)" in result.stdout
+    assert '"AutoModelForCausalLM": "modeling_nanogpt.NanoGPTForCausalLM"' in (tmp_path / "out" / "config.json").read_text()
 
 
 def test_cpu_flag_with_several_processes_is_refused(char_data, tmp_path):

@@ -23,7 +23,8 @@ def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset
     out_dir = Path(cfg.out_dir)
     tmp = out_dir / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    unwrapped, state_dict = unsharded(accelerator.unwrap_model(model), state_dict)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped, state_dict = unsharded(getattr(unwrapped, "_orig_mod", unwrapped), state_dict)  # (torch.compile's wrapper off)
     extra = {"training_config.json": json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"}
     png = loss_plot(history)
     if png is not None:
