@@ -17,7 +17,7 @@ Differences from nanoGPT, each on purpose:
   number); the windows of each micro-step are drawn once for all processes and shared out, so N
   processes with batch b see exactly the windows one process with batch N*b would.
 - Training windows come from a seeded generator saved in the checkpoint, so a resumed run continues bit
-  for bit (on one CPU process). Every evaluation scores the same windows (`evaluation_windows`: drawn once
+  for bit (tested on one CPU process and under FSDP on two). Every evaluation scores the same windows (`evaluation_windows`: drawn once
   from a fixed seed, shared out among the processes), so val losses compare across runs, evaluations and
   numbers of processes; nanoGPT draws new ones each time, from each process's own generator.
 - out_dir holds a Hugging Face model folder (the best model by val loss, or the latest with
