@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .training.checkpoint import CHECKPOINTS, Preemption, check_same_optimizer, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .training.checkpoint import (CHECKPOINTS, Preemption, check_same_optimizer, check_sharding, load_checkpoint, remove_stale_temporaries,
+                                  save_checkpoint)
 from .training.config import TrainConfig, check_config, load_config_file, micro_steps_per_process, parse_args
 from .training.devices import any_process, make_accelerator
 from .training.evaluation import estimate_loss, evaluation_windows
@@ -73,6 +74,8 @@ def train(cfg: TrainConfig) -> dict:
     tokenizer = data.tokenizer()
     trackers = tracker_names(cfg)
     accelerator, dtype = make_accelerator(cfg, trackers)
+    if resume_dir is not None:
+        check_sharding(resume_dir, accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     grad_accum = micro_steps_per_process(cfg, world)
     main = accelerator.is_main_process

@@ -168,6 +168,8 @@ def test_resume_on_a_different_number_of_processes(runs, char_data, tmp_path, ca
 
     fsdp_to_one = tmp_path / "fsdp_to_one"  # torch.distributed.checkpoint reshards the saved parts on load
     resume_from(runs["fsdp"], 10, fsdp_to_one)
+    with pytest.raises(ValueError, match="written by FSDP, sharded, and this run is one process; launch with an FSDP config"):
+        train(tiny(char_data, fsdp_to_one, init_from="resume", **ONE, **RUN))  # Accelerate reads it under FSDP only
     stdout = launch("fsdp_cpu_2proc.yaml", tiny(char_data, fsdp_to_one, init_from="resume", **ONE, **RUN), "--num_processes", "1")
     assert "(1 process(es)" in stdout and "(FSDP)" in stdout
     assert_losses_close({it: v for it, v in step_losses(runs["fsdp"]).items() if it >= 10}, step_losses(fsdp_to_one))

@@ -104,6 +104,22 @@ def save_checkpoint(accelerator, model, cfg, state: dict, data_state: dict) -> P
     return root / name
 
 
+WORLD_KINDS = {"NO": "one process", "MULTI_CPU": "DDP on CPU processes", "MULTI_GPU": "DDP on GPUs", "FSDP": "FSDP"}
+
+
+def check_sharding(resume_dir: Path, accelerator) -> None:
+    """A sharded (FSDP) checkpoint resumes under FSDP, a whole one (one process, DDP) without it: Accelerate
+    reads each only the way it was written. Said before any work, with the way to resume."""
+    sharded = (resume_dir / "pytorch_model_fsdp_0").is_dir()
+    kind = accelerator.distributed_type.value
+    fsdp = kind == "FSDP"
+    if sharded != fsdp:
+        how = ("launch with an FSDP config (configs/accelerate/fsdp_cpu_2proc.yaml, fsdp_8gpu.yaml; "
+               "--num_processes sets any size, 1 too)") if sharded else "launch without FSDP (one process, or a DDP config)"
+        raise ValueError(f"init_from=resume: {resume_dir} was written {'by FSDP, sharded' if sharded else 'without FSDP'}, "
+                         f"and this run is {WORLD_KINDS.get(kind, kind)}; {how}.")
+
+
 def load_checkpoint(accelerator, resume_dir: Path, train_gen) -> dict:
     """Back to where resume_dir was written: Accelerate's state (model, optimizers and each process's random
     state; under FSDP each process reads its part of the sharded checkpoint, whatever number of processes
