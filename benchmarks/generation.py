@@ -69,10 +69,10 @@ def greedy(model, prompt: torch.Tensor, new_tokens: int, mode: str, cache_len: i
         )
 
 
-def compiled(model):
+def compiled(model, backend: str = "inductor"):
     """The model with its forward compiled as generate() uses it on the CPU (generate does not compile
     there by itself): full graph, static shapes (one graph for the prefill, one for a decode step)."""
-    model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False)
+    model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False, backend=backend)
     return model
 
 
@@ -219,7 +219,7 @@ def compare_nanogpt(nanogpt_dir: Path, ours, new_tokens: int, repeats: int) -> d
 
 def run(batches=(1, 8), modes=MODES, repeats: int = 5, nanogpt: Path | None = None, nanogpt_tokens=(128, 512),
         shape: dict = GPT2_124M, new_tokens: int = NEW_TOKENS, probe_mb: int = 640, dtypes=("float32",),
-        llama_cpp: Path | None = None) -> dict:
+        llama_cpp: Path | None = None, compile_backend: str = "inductor") -> dict:
     results = {"rows": [], "nanogpt": [], "llama_tokens": {}, "new_tokens": new_tokens}
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
         gpt2_f32, ours_f32 = gpt2_pair(shape, Path(tmp) / "gpt2")
@@ -236,7 +236,7 @@ def run(batches=(1, 8), modes=MODES, repeats: int = 5, nanogpt: Path | None = No
                     results["llama_tokens"][dtype] = llama_greedy_match(*llama, ours, min(new_tokens, 100))
                 if mode == "static-compile":
                     torch._dynamo.reset()
-                    gpt2, ours = compiled(gpt2), compiled(ours)
+                    gpt2, ours = compiled(gpt2, compile_backend), compiled(ours, compile_backend)
                 for batch in batches:
                     probe = probe_mb if batch == 1 else 0  # the bandwidth table is for batch 1
                     row = compare(gpt2, ours, batch, mode, repeats, new_tokens, probe, llama if batch == 1 else None)
@@ -341,8 +341,9 @@ def benchmark(argv: list[str]) -> str:
         p.error(f"--llama-cpp {args.llama_cpp}: expected a llama.cpp build folder with bin/llama-bench in it")
     shape, new_tokens, probe_mb = (TINY, 8, 64) if args.tiny else (GPT2_124M, NEW_TOKENS, 640)
     nanogpt_tokens = [8, 16] if args.tiny else args.nanogpt_tokens  # within the tiny model's 128 positions
+    # --tiny measures nothing: aot_eager traces the same graphs as inductor without generating code (minutes on 2 cores)
     results = run(args.batch, args.modes, args.repeats, args.nanogpt, nanogpt_tokens, shape, new_tokens, probe_mb,
-                  args.dtypes, args.llama_cpp)
+                  args.dtypes, args.llama_cpp, "aot_eager" if args.tiny else "inductor")
     return report(results, " ".join([p.prog, *argv]))
 
 
