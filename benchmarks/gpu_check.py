@@ -35,7 +35,6 @@ import copy
 import datetime
 import gc
 import importlib
-import importlib.util
 import sys
 import time
 import traceback
@@ -45,33 +44,16 @@ from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import GPT2LMHeadModel
+from transformers.generation import CompileConfig
 
+from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
+from hf_nanogpt.conversion.common import atomic_output_file
+from hf_nanogpt.conversion.gpt2 import gpt2_config_from_nanogpt, to_gpt2_state_dict
+from hf_nanogpt.training.measure import default_peak_flops, flops_per_token
 
-def conversion_from_checkout() -> None:
-    """pip installs the top-level conversion/ folder as `hf_nanogpt.conversion` (pyproject's package-dir). In a
-    bare checkout on PYTHONPATH, as on a lent GPU machine, that name is bound here to the folder itself."""
-    if importlib.util.find_spec("hf_nanogpt.conversion") is not None:
-        return
-    folder = Path(__file__).resolve().parent.parent / "conversion"
-    spec = importlib.util.spec_from_file_location("hf_nanogpt.conversion", folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-
-
-conversion_from_checkout()  # before the imports below, which reach hf_nanogpt.conversion
-
-from transformers import GPT2LMHeadModel  # noqa: E402
-from transformers.generation import CompileConfig  # noqa: E402
-
-from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM  # noqa: E402
-from hf_nanogpt.conversion.common import atomic_output_file  # noqa: E402
-from hf_nanogpt.conversion.gpt2 import gpt2_config_from_nanogpt, to_gpt2_state_dict  # noqa: E402
-from hf_nanogpt.training.measure import default_peak_flops, flops_per_token  # noqa: E402
-
-from .common import alternate, machine, markdown_table, ratio_cell  # noqa: E402
-from .training import ADAMW  # noqa: E402
+from .common import alternate, machine, markdown_table, ratio_cell
+from .training import ADAMW
 
 MFU_GOAL = 0.45  # at GPT-2 124M on one GPU (issue 16)
 SECTIONS = ("training", "decode", "parity")

@@ -1,4 +1,4 @@
-"""hf_nanogpt -> GGUF (conversion/gguf.py): the file read back with gguf's own reader, and, opt-in, run by
+"""hf_nanogpt -> GGUF (hf_nanogpt/conversion/gguf.py): the file read back with gguf's own reader, and, opt-in, run by
 llama.cpp.
 
 Opt-in tests (skipped otherwise):
