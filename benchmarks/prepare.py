@@ -36,7 +36,9 @@ from pathlib import Path
 import psutil
 import torch
 
-from hf_nanogpt.data import SHARD_HEADER_INTS, TokenData, prepare
+from hf_nanogpt.data.shards import HEADER_BYTES
+from hf_nanogpt.data.tokens import TokenData
+from hf_nanogpt.data.writing import prepare
 from hf_nanogpt.demo import stdlib_corpus
 from hf_nanogpt.training.devices import auto_dtype
 
@@ -102,7 +104,7 @@ def measured(cmd: list[str], env: dict) -> dict:
 
 def tokens_written(out: Path) -> int:
     """Tokens in a prepared folder (uint16): train.bin + val.bin, or shards less their headers."""
-    return sum((p.stat().st_size - (SHARD_HEADER_INTS * 4 if "_" in p.stem else 0)) // 2 for p in out.glob("*.bin"))
+    return sum((p.stat().st_size - (HEADER_BYTES if "_" in p.stem else 0)) // 2 for p in out.glob("*.bin"))
 
 
 def sides(corpus: Path, out: Path, num_proc: int, tiktoken: str | None) -> dict[str, list[str]]:

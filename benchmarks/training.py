@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hf_nanogpt.data import TokenData, prepare
+from hf_nanogpt.data.tokens import TokenData
+from hf_nanogpt.data.writing import prepare
 from hf_nanogpt.demo import stdlib_corpus
 from hf_nanogpt.training.config import TrainConfig
 from hf_nanogpt.training.devices import auto_dtype

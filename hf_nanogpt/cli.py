@@ -165,7 +165,7 @@ def cmd_export_llmc(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .data import prepare
+    from .data.writing import prepare
 
     prepare(args.input, args.out_dir, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
             text_column=args.text_column, overwrite=args.overwrite, dataset_config=args.dataset_config,

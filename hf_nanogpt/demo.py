@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, pipeline
 
-from .data import TokenData, prepare
+from .data.tokens import TokenData
+from .data.writing import prepare
 from .train import TrainConfig, train
 
 PRINTABLE = set(map(chr, range(32, 127))) | {"\n"}

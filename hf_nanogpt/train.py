@@ -56,7 +56,7 @@ def train(cfg: TrainConfig) -> dict:
     """Run training as `cfg` says; returns {"iter_num", "best_val_loss", "history", "out_dir", "stopped"}."""
     from accelerate.utils import set_seed
 
-    from .data import TokenData
+    from .data.tokens import TokenData
     from .saving import check_apart
 
     # -- everything that can be wrong with the input, before any work

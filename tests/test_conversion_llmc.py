@@ -240,7 +240,7 @@ def set_header(index, value):
         (set_header(0, 20240327), r"llm.c state file"),
         (set_header(1, 4), r"version 4, expected 3 \(float32\) or 5 \(bfloat16\)"),
         (lambda d: d[:-100], r"truncated"),
-        (lambda d: d[:500], r"shorter than the 1024-byte header"),
+        (lambda d: d[:500], r"shorter than the 1,024-byte header"),
         (lambda d: d + b"\0" * 8, r"8 bytes longer than its parameters"),
         (set_header(5, 5), r"C = 32 is not a multiple of the heads NH = 5"),
         (set_header(3, VP + 1), r"V = 50305 exceeds the padded rows Vp = 50304"),

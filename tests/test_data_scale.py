@@ -12,7 +12,10 @@ import pytest
 
 from conftest import FIXTURES
 from hf_nanogpt import cli
-from hf_nanogpt.data import TokenData, cut_rule, newline_cut, prepare, read_shard, write_shard
+from hf_nanogpt.data.encoding import cut_rule, newline_cut
+from hf_nanogpt.data.shards import read_shard, write_shard
+from hf_nanogpt.data.tokens import TokenData
+from hf_nanogpt.data.writing import prepare
 from hf_nanogpt.tokenization import GPT2_EOS, char_tokenizer, gpt2_tokenizer
 from hf_nanogpt.train import train
 from test_train import step_losses, tiny, val_losses
@@ -126,12 +129,12 @@ def test_a_folder_and_data_sets_streamed_equal_their_documents_encoded_whole(tmp
 
 def test_tiktoken_and_tokenizers_give_the_same_ids(tmp_path, monkeypatch):
     pytest.importorskip("tiktoken")
-    import hf_nanogpt.data
+    import hf_nanogpt.data.encoding
 
     text = "".join(tricky_text(2_000, seed) + "\n\n" for seed in range(10))
     (tmp_path / "input.txt").write_text(text, encoding="utf-8")
     prepare(tmp_path / "input.txt", tmp_path / "tiktoken", tokenizer="gpt2", max_memory="16KB")
-    monkeypatch.setattr(hf_nanogpt.data, "tiktoken_installed", lambda: False)
+    monkeypatch.setattr(hf_nanogpt.data.encoding, "tiktoken_installed", lambda: False)
     prepare(tmp_path / "input.txt", tmp_path / "tokenizers", tokenizer="gpt2", max_memory="16KB")
     assert split_bytes(tmp_path / "tiktoken") == split_bytes(tmp_path / "tokenizers")
 

@@ -60,7 +60,7 @@ def world(tmp_path_factory):
     """The folder the README's commands run in, and the namespace its Python blocks share."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from hf_nanogpt.data import write_shard
+    from hf_nanogpt.data.shards import write_shard
     from hf_nanogpt.saving import save_model_folder
     from hf_nanogpt.tokenization import char_tokenizer, gpt2_tokenizer
 

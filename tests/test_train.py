@@ -16,7 +16,8 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, get_cosine_with_min_lr_schedule_with_warmup, pipeline
 
 from conftest import FIXTURES, NANOGPT_FIXTURES
-from hf_nanogpt.data import TokenData, prepare
+from hf_nanogpt.data.tokens import TokenData
+from hf_nanogpt.data.writing import prepare
 from hf_nanogpt.train import train
 from hf_nanogpt.training.checkpoint import latest_checkpoint
 from hf_nanogpt.training.config import TrainConfig, load_config_file, micro_steps_per_process, parse_args

@@ -49,25 +49,18 @@ from hf_nanogpt.conversion.common import (
     use_tanh_gelu,
 )
 from hf_nanogpt.conversion.nanogpt import model_from_state_dict, reload_logits
+from hf_nanogpt.data import shards
 from hf_nanogpt.model_card import render_model_card, table
 from hf_nanogpt.saving import atomic_output_dir, write_model_folder
 from hf_nanogpt.tokenization import gpt2_tokenizer, load_tokenizer
 
 MAGIC = 20240326  # llm.c model files (train_gpt2.py write_model, gpt2_build_from_checkpoint)
-HEADER_INTS = 256  # int32, 1024 bytes; the parameters follow
-HEADER_FIELDS = ("magic", "version", "maxT", "V", "L", "NH", "C", "Vp")  # header[0:8]; the rest is zero
+HEADER_FIELDS = ("magic", "version", "maxT", "V", "L", "NH", "C", "Vp")  # of llm.c's 256-int32 header (data/shards.py); the parameters follow
 VERSIONS = {3: "float32", 5: "bfloat16"}  # model-file versions with a padded vocabulary (llm.c reads only these)
 FILE_DTYPES = {"float32": np.dtype("<f4"), "bfloat16": np.dtype("<i2")}  # bfloat16 travels as int16 bit patterns
 VOCAB_MULTIPLE = 128  # llm.c pads the vocabulary to a multiple of 128 (pad_vocab in train_gpt2.py)
 GPT2_VOCAB = 50257
 LAYER_NORM_EPS = 1e-5  # fixed in llm.c's layernorm_forward
-# other llm.c files that start with a magic number, for a helpful error
-OTHER_MAGICS = {
-    20240327: "an llm.c state file (state_*.bin: optimizer state, or a test_gpt2 debug state)",
-    20240328: "an llm.c tokenizer file (gpt2_tokenizer.bin)",
-    20240520: "an llm.c token data file (*_train.bin / *_val.bin)",
-    20240801: "an llm.c Llama 3 token data file",
-}
 
 # llm.c's parameter tensors in file order (ParameterTensors and fill_in_parameter_sizes in train_gpt2.c):
 # (llm.c name, our key, shape in header terms). Keys with "{i}" are stored stacked over the L layers,
@@ -115,7 +108,7 @@ def num_parameters(header: dict) -> int:
 
 
 def expected_file_size(header: dict) -> int:
-    return HEADER_INTS * 4 + num_parameters(header) * FILE_DTYPES[VERSIONS[header["version"]]].itemsize
+    return shards.HEADER_BYTES + num_parameters(header) * FILE_DTYPES[VERSIONS[header["version"]]].itemsize
 
 
 def padded_vocab(n: int) -> int:
@@ -125,20 +118,9 @@ def padded_vocab(n: int) -> int:
 def read_header(path: Path) -> dict:
     """The header fields, checked as llm.c's readers check them (magic, version 3 or 5) and further:
     sizes that fit together and a file size that is exactly the header plus the parameters."""
-    size = path.stat().st_size
     redo = "Write it again (llm.c's train_gpt2.py, or `hf-nanogpt export llmc`)."
-    if size < HEADER_INTS * 4:
-        raise ConversionError(
-            f"{path}: {size} bytes, shorter than the {HEADER_INTS * 4}-byte header of an llm.c model file: truncated? {redo}"
-        )
-    ints = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-    header = {name: int(value) for name, value in zip(HEADER_FIELDS, ints)}
-    if header["magic"] != MAGIC:
-        what = OTHER_MAGICS.get(header["magic"], "not an llm.c model file")
-        raise ConversionError(
-            f"{path}: magic number {header['magic']}, expected {MAGIC} (an llm.c model file such as gpt2_124M.bin "
-            f"or model_00005000.bin): this is {what}."
-        )
+    ints, size = shards.read_header(path, [MAGIC], "an llm.c model file", redo, ConversionError)
+    header = dict(zip(HEADER_FIELDS, ints))
     if header["version"] not in VERSIONS:
         raise ConversionError(
             f"{path}: version {header['version']}, expected 3 (float32) or 5 (bfloat16), the model-file versions "
@@ -153,13 +135,9 @@ def read_header(path: Path) -> dict:
         )
     if header["V"] > header["Vp"]:
         raise ConversionError(f"{path}: vocabulary V = {header['V']} exceeds the padded rows Vp = {header['Vp']}. {redo}")
-    expected = expected_file_size(header)
-    if size != expected:
-        how = "truncated" if size < expected else f"{size - expected} bytes longer than its parameters"
-        raise ConversionError(
-            f"{path}: {size} bytes, but its header (version {header['version']}, maxT {header['maxT']}, L {header['L']}, "
-            f"C {header['C']}, Vp {header['Vp']}) needs {expected} ({num_parameters(header)} parameters): {how}. {redo}"
-        )
+    says = (f"version {header['version']}, maxT {header['maxT']}, L {header['L']}, C {header['C']}, Vp {header['Vp']}: "
+            f"{num_parameters(header):,} parameters")
+    shards.check_size(path, size, expected_file_size(header), says, "parameters", redo, ConversionError)
     return header
 
 
@@ -172,7 +150,7 @@ def read_llmc(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     dtype = FILE_DTYPES[VERSIONS[header["version"]]]
     state = {}
     with open(path, "rb") as f:
-        f.seek(HEADER_INTS * 4)
+        f.seek(shards.HEADER_BYTES)
         for _, key, shape in layout(header):
             array = np.fromfile(f, dtype=dtype, count=math.prod(shape)).reshape(shape)
             tensor = torch.from_numpy(array)
@@ -183,11 +161,9 @@ def read_llmc(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
 def write_llmc(path: Path, header: dict, state_dict: dict[str, torch.Tensor]) -> None:
     """The header, then every tensor of `layout(header)` as llm.c's train_gpt2.py writes them: missing
     biases (a bias=False model) as zeros, wte followed by zero rows up to Vp (pad_vocab)."""
-    ints = np.zeros(HEADER_INTS, dtype="<i4")
-    ints[: len(HEADER_FIELDS)] = [MAGIC if name == "magic" else header[name] for name in HEADER_FIELDS]
     dtype = VERSIONS[header["version"]]
     with open(path, "wb") as f:
-        f.write(ints.tobytes())
+        f.write(shards.header_bytes(*(MAGIC if name == "magic" else header[name] for name in HEADER_FIELDS)))
         for name, key, shape in layout(header):
             tensor = state_dict.get(key)
             if tensor is None and key.endswith(".bias"):
