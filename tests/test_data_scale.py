@@ -6,9 +6,12 @@ import functools
 import json
 import random
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import FIXTURES
 from hf_nanogpt import cli
@@ -18,6 +21,7 @@ from hf_nanogpt.data.tokens import TokenData
 from hf_nanogpt.data.writing import prepare
 from hf_nanogpt.tokenization import GPT2_EOS, char_tokenizer, gpt2_tokenizer
 from hf_nanogpt.train import train
+from hf_nanogpt.training.evaluation import evaluation_windows
 from test_train import step_losses, tiny, val_losses
 
 pytestmark = pytest.mark.slow
@@ -266,3 +270,34 @@ def test_a_broken_shard_folder_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="the longest val shard holds 10 tokens: too few for block_size 32"):
         train(tiny(folder, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("layout", ["nanogpt", "shards"])
+def test_block_size_plus_one_tokens_hold_one_window(tmp_path, layout):
+    """block_size + 1 tokens hold one window, x = ids[0:T] and y = ids[1:T+1] (nanoGPT's get_batch draws its
+    start from torch.randint(len(data) - block_size): 0); block_size tokens hold none."""
+    T = 8
+    for split in ("train", "val"):
+        if layout == "nanogpt":
+            np.arange(T + 1, dtype=np.uint16).tofile(tmp_path / f"{split}.bin")
+        else:  # the window lies in the first shard; the second is too short to hold one
+            write_shard(tmp_path / f"a_{split}_000000.bin", np.arange(T + 1))
+            write_shard(tmp_path / f"a_{split}_000001.bin", np.arange(100, 100 + T))
+    data = TokenData(tmp_path)
+    data.check_block_size(T)
+    x, y = data.random_batch("train", T, 3, torch.Generator().manual_seed(0))
+    assert x.tolist() == [list(range(T))] * 3 and y.tolist() == [list(range(1, T + 1))] * 3
+    for split, batches in evaluation_windows(data, T, batch_size=2, eval_iters=2).items():
+        for starts in batches:
+            x, y = data.windows(split, starts, T)
+            assert x.tolist() == [list(range(T))] * 2 and y.tolist() == [list(range(1, T + 1))] * 2
+    with pytest.raises(ValueError, match=f"holds {T + 1} tokens: too few for block_size {T + 1}"):
+        data.check_block_size(T + 1)
+
+
+def test_the_trainer_imports_only_the_token_reader():
+    """The trainer reads tokens (data/tokens.py): none of `prepare`'s machinery, datasets or tiktoken is imported."""
+    code = ("import json, sys; import hf_nanogpt.train, hf_nanogpt.data.tokens; print(json.dumps(sorted("
+            "m for m in sys.modules if m.split('.')[0] in ('datasets', 'tiktoken') or m.startswith('hf_nanogpt.data'))))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert loaded == ["hf_nanogpt.data", "hf_nanogpt.data.shards", "hf_nanogpt.data.tokens"]

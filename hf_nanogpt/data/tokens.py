@@ -71,9 +71,10 @@ class TokenData:
         return np.array([max(len(ids) - block_size, 0) for ids in self.shards[split]], dtype=np.int64)
 
     def check_block_size(self, block_size: int) -> None:
+        """Each split holds a window: an array of at least block_size + 1 ids (x and y, one apart)."""
         for name, parts in self.shards.items():
             longest = max(len(ids) for ids in parts)
-            if longest <= block_size + 1:
+            if longest < block_size + 1:
                 where = self.dir / f"{name}.bin" if self.layout == "nanogpt" else f"{self.dir}: the longest {name} shard"
                 raise ValueError(f"{where} holds {longest} tokens: too few for block_size {block_size}.")
 
