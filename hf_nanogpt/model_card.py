@@ -23,6 +23,15 @@ def hub_datasets(name: str | None) -> list[str] | None:
     """The card's `datasets` for a nanoGPT data set name: its Hub id when there is one."""
     return [HUB_DATASETS[name]] if name in HUB_DATASETS else None
 
+
+def base_model_id(name: str | None) -> str | None:
+    """The card's `base_model` for the model a run or conversion started from: a Hub id names it (GPT-2's
+    short names as their current ids); a local path does not."""
+    if not name or Path(name).exists():
+        return None
+    return GPT2_HUB_IDS.get(name, name)
+
+
 LOSS_PLOT = "loss.png"  # a training run's loss curve, shown by the card when it sits beside it
 TAGS = ["nanogpt", "hf_nanogpt"]
 
@@ -61,6 +70,15 @@ def table(rows: list[dict], columns: list[str]) -> str:
     """A Markdown table of `rows` (dicts) in the order of `columns`."""
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
     return head + "\n".join("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows)
+
+
+def field_table(fields: dict, name: str = "field") -> str:
+    """A two-column table, `name` and value, of `fields` in order: a card's source or its settings."""
+    return table([{name: k, "value": v} for k, v in fields.items()], [name, "value"])
+
+
+def model_shape(n_layer: int, n_head: int, n_embd: int, block_size: int) -> str:
+    return f"{n_layer} layers, {n_head} heads, {n_embd} dimensions, context {block_size}"
 
 
 def render_model_card(
@@ -139,15 +157,14 @@ def generic_card(folder: Path, repo_id: str, notes: str = "", loss_plot: str | N
     """A card for a folder that came without one: what config.json says the model is."""
     config = json.loads((folder / "config.json").read_text())
     shape = {k: config.get(k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "activation_function")}
-    sections = {"Model": table([{"field": k, "value": v} for k, v in shape.items()], ["field", "value"])}
+    sections = {"Model": field_table(shape)}
     if notes.strip():
         sections["Notes"] = notes
     return render_model_card(
         title=repo_id.split("/")[-1],
         summary=(
-            f"A GPT in nanoGPT's architecture ({shape['n_layer']} layers, {shape['n_head']} heads, {shape['n_embd']} "
-            f"dimensions, context {shape['block_size']}), in Hugging Face format "
-            f"by hf_nanogpt. The folder was published without a model card, so "
+            f"A GPT in nanoGPT's architecture ({model_shape(shape['n_layer'], shape['n_head'], shape['n_embd'], shape['block_size'])}), "
+            f"in Hugging Face format by hf_nanogpt. The folder was published without a model card, so "
             f"how it was trained is not recorded here."
         ),
         sections=sections,
@@ -156,4 +173,4 @@ def generic_card(folder: Path, repo_id: str, notes: str = "", loss_plot: str | N
     )
 
 
-__all__ = ["LOSS_PLOT", "card_for_repo", "has_metadata", "loss_plot_section", "render_model_card", "table", "usage_section"]
+__all__ = ["LOSS_PLOT", "base_model_id", "card_for_repo", "field_table", "model_shape", "has_metadata", "loss_plot_section", "render_model_card", "table", "usage_section"]

@@ -1,8 +1,9 @@
-"""What every conversion shares: its error type, the output-folder rule, atomic single-file outputs,
+"""What every conversion shares: its error type, the keys that are not weights, the output-folder rule, atomic single-file outputs,
 the logits check, and the tanh GELU of the runtimes that have no other."""
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ from torch import nn
 from hf_nanogpt.saving import check_apart, current_umask
 
 MAX_ABS_DIFF = 1e-5  # float32 logits; scaled up when logits are large (see `logits_tolerance`)
+# keys that are not weights: the causal-mask buffers (mask, masked value) older nanoGPT and GPT-2 checkpoints saved
+DROPPED_KEYS = re.compile(r"\.attn\.(bias|masked_bias)$")
 
 
 class ConversionError(ValueError):

@@ -23,15 +23,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
 
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
-from hf_nanogpt.conversion.common import ConversionError, check_logits, load_for_export, probe_batch, require_writable_output
-from hf_nanogpt.model_card import GPT2_HUB_IDS, render_model_card, table
+from hf_nanogpt.conversion.common import DROPPED_KEYS, ConversionError, check_logits, load_for_export, probe_batch, require_writable_output
+from hf_nanogpt.conversion.nanogpt import expected_shapes, model_from_state_dict
+from hf_nanogpt.model_card import GPT2_HUB_IDS, base_model_id, field_table, model_shape, render_model_card
 from hf_nanogpt.saving import atomic_output_dir, generation_config_for, write_model_folder
 from hf_nanogpt.tokenization import gpt2_tokenizer, has_gpt2_files
 
 # Conv1D (in, out) in GPT-2 <-> nn.Linear (out, in) in nanoGPT: these weights are transposed both ways
 TRANSPOSED = re.compile(r"\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
-# buffers older GPT-2 checkpoints saved (causal mask, masked value): not weights
-DROPPED = re.compile(r"\.attn\.(bias|masked_bias)$")
 # GPT2Config field -> NanoGPTConfig field. Activation names are shared: "gelu_new" (GPT-2's tanh GELU)
 # and "gelu" (exact, nanoGPT's) mean the same function in transformers' GPT-2 and in our model.
 CONFIG_FIELDS = {
@@ -55,7 +54,7 @@ UNSUPPORTED = {
     "add_cross_attention": False,
 }
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-HUB_IDS_HELP = "gpt2, gpt2-medium, gpt2-large, gpt2-xl (or openai-community/...)"
+HUB_IDS_HELP = f"{', '.join(GPT2_HUB_IDS)} (or openai-community/...)"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,7 +136,7 @@ def iter_source_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
 def to_nanogpt_key(key: str) -> str | None:
     """GPT-2 key -> our key (None: not a weight). GPT2Model checkpoints, such as the Hub's original
     gpt2, lack the `transformer.` prefix."""
-    if DROPPED.search(key):
+    if DROPPED_KEYS.search(key):
         return None
     if key != "lm_head.weight" and not key.startswith("transformer."):
         key = "transformer." + key
@@ -150,8 +149,7 @@ def nanogpt_config_from_gpt2(gpt2: GPT2Config) -> NanoGPTConfig:
 
 def load_converted_state_dict(folder: Path, config: NanoGPTConfig) -> dict[str, torch.Tensor]:
     """Stream, rename, transpose and check every tensor against the shapes `config` describes."""
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in NanoGPTForCausalLM(config).state_dict().items()}
+    expected = expected_shapes(config)
     state_dict = {}
     for key, tensor in iter_source_tensors(folder):
         name = to_nanogpt_key(key)
@@ -231,12 +229,7 @@ def gpt2_as_nanogpt(src: str | os.PathLike) -> tuple[NanoGPTForCausalLM, Path]:
         config = nanogpt_config_from_gpt2(gpt2_config)
     except ValueError as err:  # e.g. an activation nanoGPT's block does not have
         raise ConversionError(f"{folder / 'config.json'}: {err}") from err
-    state_dict = load_converted_state_dict(folder, config)
-    with torch.device("meta"):
-        model = NanoGPTForCausalLM(config)
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    model.tie_weights()
-    return model.eval(), folder
+    return model_from_state_dict(load_converted_state_dict(folder, config), config), folder
 
 
 def convert_gpt2(src: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, log=print) -> Path:
@@ -264,25 +257,23 @@ def convert_gpt2(src: str | os.PathLike, out_dir: str | os.PathLike, overwrite: 
 
 
 def gpt2_model_card(src: str, config: NanoGPTConfig, tok_desc: str, name: str, n_params: int) -> str:
-    # a Hub id names the base model (legacy names as their current ids); a local path does not
-    base = GPT2_HUB_IDS.get(src, src) if not Path(src).exists() else None
-    details = [
-        {"field": "source", "value": f"`{src}` (GPT2LMHeadModel)"},
-        {"field": "shape", "value": f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd} dims, context {config.block_size}"},
-        {"field": "vocabulary", "value": config.vocab_size},
-        {"field": "activation", "value": f"{config.activation_function} (GPT-2's tanh GELU)"},
-        {"field": "tokenizer", "value": tok_desc},
-        {"field": "parameters", "value": f"{n_params / 1e6:.2f}M"},
-    ]
+    details = {
+        "source": f"`{src}` (GPT2LMHeadModel)",
+        "shape": model_shape(config.n_layer, config.n_head, config.n_embd, config.block_size),
+        "vocabulary": config.vocab_size,
+        "activation": f"{config.activation_function} (GPT-2's tanh GELU)",
+        "tokenizer": tok_desc,
+        "parameters": f"{n_params / 1e6:.2f}M",
+    }
     return render_model_card(
         title=f"{name}: GPT-2 in nanoGPT's architecture",
         summary=(
             "OpenAI's GPT-2 weights in hf_nanogpt's nanoGPT model (Conv1D weights transposed to nn.Linear), with "
             "logits checked against transformers' GPT2LMHeadModel. A starting point for nanoGPT-style fine-tuning."
         ),
-        sections={"Source": table(details, ["field", "value"])},
+        sections={"Source": field_table(details)},
         model_ref=name,
-        base_model=base,
+        base_model=base_model_id(src),
         prompt="Hello, I'm a language model,",
     )
 

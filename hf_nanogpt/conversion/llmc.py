@@ -50,7 +50,7 @@ from hf_nanogpt.conversion.common import (
 )
 from hf_nanogpt.conversion.nanogpt import model_from_state_dict, reload_logits
 from hf_nanogpt.data import shards
-from hf_nanogpt.model_card import render_model_card, table
+from hf_nanogpt.model_card import field_table, model_shape, render_model_card
 from hf_nanogpt.saving import atomic_output_dir, write_model_folder
 from hf_nanogpt.tokenization import gpt2_tokenizer, load_tokenizer
 
@@ -282,15 +282,14 @@ def convert_llmc(
 
 
 def llmc_model_card(src: Path, header: dict, tok_desc: str, name: str, n_params: int) -> str:
-    details = [
-        {"field": "source", "value": f"`{src.name}` (llm.c model file, version {header['version']}, {VERSIONS[header['version']]})"},
-        {"field": "shape", "value": f"{header['L']} layers, {header['NH']} heads, {header['C']} dims, context {header['maxT']}"},
-        {"field": "vocabulary",
-         "value": f"{header['V']} tokens, {header['Vp']} rows (llm.c's padding; ids >= {header['V']} are never generated)"},
-        {"field": "activation", "value": "gelu_new (llm.c's tanh GELU)"},
-        {"field": "tokenizer", "value": tok_desc},
-        {"field": "parameters", "value": f"{n_params / 1e6:.2f}M"},
-    ]
+    details = {
+        "source": f"`{src.name}` (llm.c model file, version {header['version']}, {VERSIONS[header['version']]})",
+        "shape": model_shape(header["L"], header["NH"], header["C"], header["maxT"]),
+        "vocabulary": f"{header['V']} tokens, {header['Vp']} rows (llm.c's padding; ids >= {header['V']} are never generated)",
+        "activation": "gelu_new (llm.c's tanh GELU)",
+        "tokenizer": tok_desc,
+        "parameters": f"{n_params / 1e6:.2f}M",
+    }
     return render_model_card(
         title=f"{name}: an llm.c GPT-2",
         summary=(
@@ -298,7 +297,7 @@ def llmc_model_card(src: Path, header: dict, tok_desc: str, name: str, n_params:
             "logits checked against llm.c's forward pass on the file's own tensors. `hf-nanogpt export llmc` "
             "writes it back as an llm.c model file."
         ),
-        sections={"Source": table(details, ["field", "value"])},
+        sections={"Source": field_table(details)},
         model_ref=name,
         prompt="Hello, I'm a language model," if header["V"] == GPT2_VOCAB else "ROMEO:",
     )

@@ -13,7 +13,6 @@ import gc
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +20,8 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
-from hf_nanogpt.conversion.common import ConversionError, check_logits, load_for_export, probe_batch, require_writable_output
-from hf_nanogpt.model_card import GPT2_HUB_IDS, hub_datasets, render_model_card, table
+from hf_nanogpt.conversion.common import DROPPED_KEYS, ConversionError, check_logits, load_for_export, probe_batch, require_writable_output
+from hf_nanogpt.model_card import GPT2_HUB_IDS, field_table, hub_datasets, model_shape, render_model_card
 from hf_nanogpt.saving import atomic_output_dir, write_model_folder
 from hf_nanogpt.tokenization import char_tokenizer, char_vocab, gpt2_tokenizer, load_tokenizer, read_meta_pkl, write_meta_pkl
 
@@ -30,8 +29,6 @@ from hf_nanogpt.tokenization import char_tokenizer, char_vocab, gpt2_tokenizer, 
 MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
 # prefixes wrappers put in front of every key: torch.compile's OptimizedModule, DDP / DataParallel
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
-# keys that are not weights: the causal-mask buffers of older nanoGPT (and GPT-2 style) attention
-DROPPED_KEYS = re.compile(r"\.attn\.(bias|masked_bias)$")
 METADATA_FILE = "nanogpt.json"  # iter_num, best_val_loss and the training config of the source checkpoint
 TRAINING_CONFIG_FILE = "training_config.json"  # what `hf-nanogpt train` writes into its model folder
 
@@ -100,10 +97,15 @@ def config_from_model_args(model_args: dict, path: Path) -> NanoGPTConfig:
         raise CheckpointError(f"{path}: invalid model_args {model_args}: {err}") from err
 
 
+def expected_shapes(config: NanoGPTConfig) -> dict[str, torch.Size]:
+    """Every key of our model's state dict with its shape (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return {k: v.shape for k, v in NanoGPTForCausalLM(config).state_dict().items()}
+
+
 def check_state_dict(state_dict: dict, config: NanoGPTConfig, path: Path) -> dict:
     """Keys and shapes must be exactly what model_args describes; returns the dict with lm_head tied."""
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in NanoGPTForCausalLM(config).state_dict().items()}
+    expected = expected_shapes(config)
     wte, head = state_dict.get("transformer.wte.weight"), state_dict.get("lm_head.weight")
     if wte is not None and head is None:
         state_dict = {**state_dict, "lm_head.weight": wte}
@@ -254,28 +256,28 @@ def nanogpt_model_card(info: dict, config: NanoGPTConfig, tok_desc: str, name: s
     train_config = info.get("config") or {}
     dataset = train_config.get("dataset")
     best = info.get("best_val_loss")
-    details = [
-        {"field": "source checkpoint", "value": f"`{Path(info['source']).name}` (nanoGPT)"},
-        {"field": "initialised from (init_from)", "value": train_config.get("init_from") or "unknown"},
-        {"field": "iterations trained (iter_num)", "value": info.get("iter_num")},
-        {"field": "best validation loss", "value": f"{best:.4f}" if best is not None else "unknown"},
-        {"field": "dataset", "value": dataset or "unknown"},
-        {"field": "model_args", "value": ", ".join(f"{k}={v}" for k, v in info["model_args"].items())},
-        {"field": "tokenizer", "value": tok_desc},
-        {"field": "parameters", "value": f"{n_params / 1e6:.2f}M"},
-    ]
+    details = {
+        "source checkpoint": f"`{Path(info['source']).name}` (nanoGPT)",
+        "initialised from (init_from)": train_config.get("init_from") or "unknown",
+        "iterations trained (iter_num)": info.get("iter_num"),
+        "best validation loss": f"{best:.4f}" if best is not None else "unknown",
+        "dataset": dataset or "unknown",
+        "model_args": ", ".join(f"{k}={v}" for k, v in info["model_args"].items()),
+        "tokenizer": tok_desc,
+        "parameters": f"{n_params / 1e6:.2f}M",
+    }
     if info.get("cropped_vocab_to"):
-        details.append({"field": "vocabulary", "value": f"cropped to the tokenizer's {info['cropped_vocab_to']} tokens"})
+        details["vocabulary"] = f"cropped to the tokenizer's {info['cropped_vocab_to']} tokens"
     keep = ("batch_size", "block_size", "gradient_accumulation_steps", "learning_rate", "max_iters", "weight_decay", "dropout", "dtype")
-    training = table([{"setting": k, "value": train_config[k]} for k in keep if k in train_config], ["setting", "value"])
+    training = field_table({k: train_config[k] for k in keep if k in train_config}, "setting")
     return render_model_card(
         title=f"{name}: a nanoGPT model",
         summary=(
-            f"A GPT trained with [nanoGPT](https://github.com/karpathy/nanoGPT) ({config.n_layer} layers, "
-            f"{config.n_head} heads, {config.n_embd} dimensions, context {config.block_size}), converted to "
+            f"A GPT trained with [nanoGPT](https://github.com/karpathy/nanoGPT) ("
+            f"{model_shape(config.n_layer, config.n_head, config.n_embd, config.block_size)}), converted to "
             f"Hugging Face format by hf_nanogpt with logits checked against the source weights."
         ),
-        sections={"Source": table(details, ["field", "value"]), "Training settings": training or "unknown"},
+        sections={"Source": field_table(details), "Training settings": training or "unknown"},
         model_ref=name,
         base_model=GPT2_HUB_IDS.get(train_config.get("init_from")),  # fine-tuned from GPT-2; else from scratch or unknown
         datasets=hub_datasets(dataset),

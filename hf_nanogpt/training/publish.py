@@ -89,7 +89,7 @@ def loss_plot(history: list[dict]) -> bytes | None:
 
 
 def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool) -> str:
-    from ..model_card import GPT2_HUB_IDS, hub_datasets, render_model_card, table
+    from ..model_card import base_model_id, field_table, hub_datasets, model_shape, render_model_card, table
 
     c = model.config
     rows = [{"iter": h["iter"], "train loss": f"{h['train']:.4f}", "val loss": f"{h['val']:.4f}"} for h in history]
@@ -100,20 +100,20 @@ def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool)
              *muon, "learning_rate", "min_lr", "lr_schedule", "warmup_iters", *wsd, "weight_decay", "dropout", "dtype"]
     settings = {k: getattr(cfg, k) for k in names}
     sections = {
-        "Training": table([{"setting": k, "value": v} for k, v in settings.items()], ["setting", "value"]),
+        "Training": field_table(settings, "setting"),
         "Losses": table(rows, ["iter", "train loss", "val loss"]) + ("\n\n![loss curve](loss.png)" if has_plot else ""),
     }
     return render_model_card(
         title=f"{Path(cfg.out_dir).name}: a nanoGPT model trained with hf_nanogpt",
         summary=(
-            f"A GPT ({c.n_layer} layers, {c.n_head} heads, {c.n_embd} dimensions, context {c.block_size}, vocabulary "
-            f"{c.vocab_size}) trained with hf_nanogpt's Accelerate trainer on {dataset_name}"
+            f"A GPT ({model_shape(c.n_layer, c.n_head, c.n_embd, c.block_size)}, vocabulary {c.vocab_size}) trained with "
+            f"hf_nanogpt's Accelerate trainer on {dataset_name}"
             + (f", starting from {base_model}" if base_model else "")
             + (f". Best validation loss {min(h['val'] for h in history):.4f}." if history else ".")
         ),
         sections=sections,
         model_ref=cfg.push_to_hub or cfg.out_dir,
-        base_model=GPT2_HUB_IDS.get(base_model, base_model) if base_model and not Path(base_model).exists() else None,
+        base_model=base_model_id(base_model),
         datasets=hub_datasets(cfg.dataset) if cfg.data_dir is None else None,
     )
 
