@@ -1,15 +1,12 @@
 """Optimizers and schedules: nanoGPT's AdamW groups and cosine schedule, modded-nanogpt's Muon and
 warmup-stable-decay."""
 
-from __future__ import annotations
-
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 
-if TYPE_CHECKING:
-    from .config import TrainConfig
+from .config import LrSchedule, TrainConfig
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
@@ -44,7 +41,7 @@ def get_wsd_lr(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + remaining * (cfg.learning_rate - cfg.min_lr)
 
 
-LR_SCHEDULES = {"cosine": get_lr, "wsd": get_wsd_lr}
+LR_SCHEDULES: dict[LrSchedule, Callable[[int, TrainConfig], float]] = {"cosine": get_lr, "wsd": get_wsd_lr}  # one per config.LrSchedule choice
 
 
 def muon_momentum(it: int, cfg: TrainConfig) -> float:
