@@ -37,8 +37,9 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
         named = root / pointer.read_text().strip()
         if (named / STATE_FILE).is_file():
             return named
-    complete = sorted((p for p in root.glob("iter_*") if (p / STATE_FILE).is_file()), key=lambda p: p.stat().st_mtime)
-    return complete[-1] if complete else None
+    # by number, not by time: copying out_dir (cp -r) gives every folder a new mtime, in any order
+    complete = [p for p in root.glob("iter_*") if p.name[5:].isdigit() and (p / STATE_FILE).is_file()]
+    return max(complete, key=lambda p: int(p.name[5:]), default=None)
 
 
 def remove_stale_temporaries(out_dir: Path) -> None:
