@@ -17,6 +17,7 @@ LATEST = "latest"
 STATE_FILE = "trainer_state.json"
 DATA_STATE_FILE = "data_state.safetensors"
 MODEL_CONFIG_DIR = "model_config"
+MODEL_TMP = ".model.tmp"  # out_dir's model folder while publish.write_model writes it
 
 
 class _ExpectedTiedWeightsNote(logging.Filter):
@@ -44,7 +45,7 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 def remove_stale_temporaries(out_dir: Path) -> None:
     """What a run killed while writing leaves: the half-written model folder and checkpoint."""
-    for tmp in [*out_dir.glob(".model.tmp"), *(out_dir / CHECKPOINTS).glob(".*.tmp")]:
+    for tmp in [*out_dir.glob(MODEL_TMP), *(out_dir / CHECKPOINTS).glob(".*.tmp")]:
         print(f"removing {tmp}, left half-written by an interrupted run")
         if tmp.is_dir():
             shutil.rmtree(tmp)

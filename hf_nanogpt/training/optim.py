@@ -28,10 +28,8 @@ def get_wsd_lr(it: int, cfg: TrainConfig) -> float:
     """Warmup, stable, decay (modded-nanogpt's speedrun): nanoGPT's linear warmup, then learning_rate until
     the last cooldown_frac of lr_decay_iters, then a straight line down to min_lr at lr_decay_iters, then
     min_lr. Training at the peak for longer and cooling down at the end reaches a given loss sooner."""
-    if not cfg.decay_lr:
-        return cfg.learning_rate
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if not cfg.decay_lr or it < cfg.warmup_iters:
+        return get_lr(it, cfg)  # nanoGPT's warmup (or its constant lr)
     if it >= cfg.lr_decay_iters:
         return cfg.min_lr
     cooldown_start = max(cfg.warmup_iters, cfg.lr_decay_iters - round(cfg.cooldown_frac * cfg.lr_decay_iters))
