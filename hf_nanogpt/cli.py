@@ -16,7 +16,8 @@
     hf-nanogpt push MODEL REPO_ID [--private] [--revision BRANCH] [--commit-message M] [--token T]
 
 MODEL is a model folder or a Hub repo id. Each subcommand is a function `cmd_<name>(args)` with its
-options declared in `build_parser`; the library functions they call are documented in the README.
+options declared in `add_<group>_command(s)`, which `build_parser` calls; the library functions they call are
+documented in the README.
 """
 
 import argparse
@@ -181,6 +182,21 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the parser: one function per command group; an option two commands share is declared once, below
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="model folder or Hub repo id")
+
+
+def add_overwrite_option(parser: argparse.ArgumentParser, out: str | None = None) -> None:
+    """--overwrite for commands that write OUT (named in the help when given)."""
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {out} if it exists" if out else None)
+
+
+def add_trust_remote_code_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true", help=help)
+
+
 def add_push_to_hub_options(parser: argparse.ArgumentParser) -> None:
     """--push-to-hub for commands that write a model folder (conversions, training)."""
     parser.add_argument("--push-to-hub", "--push_to_hub", metavar="REPO_ID", default=None,
@@ -199,24 +215,18 @@ def push_if_requested(args: argparse.Namespace, folder) -> None:
 def add_model_loading_options(parser: argparse.ArgumentParser, dtype_default: str = "auto") -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=dtype_default, choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true", help="load a model through its own code files")
+    add_trust_remote_code_option(parser, help="load a model through its own code files")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hf-nanogpt",
-        description="nanoGPT models in the Hugging Face ecosystem: generate and sample text, convert nanoGPT "
-        "checkpoints to Hugging Face model folders and back, publish them on the Hub.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def add_text_commands(sub) -> None:
+    """generate and sample."""
     gen = sub.add_parser(
         "generate",
         help="stream text from a model folder or Hub repo id",
         description="Generate text from MODEL (a model folder or a Hub repo id), streaming tokens as they come. "
         "Sampling settings default to the model's generation_config.json.",
     )
-    gen.add_argument("model", metavar="MODEL", help="model folder or Hub repo id")
+    add_model_argument(gen)
     gen.add_argument("--prompt", default="\n", help="text to continue (default: a newline, as nanoGPT's sample.py)")
     gen.add_argument("--max-new-tokens", type=int, default=None, help="default: up to the model's block_size")
     gen.add_argument("--greedy", action="store_true", help="pick the most likely token at each step")
@@ -233,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample as nanoGPT's sample.py does, with its option names and defaults: with the same seed "
         "and weights it prints the same samples. Works past block_size by sliding the context window.",
     )
-    smp.add_argument("model", metavar="MODEL", help="model folder or Hub repo id")
+    add_model_argument(smp)
     smp.add_argument("--start", default="\n", help='prompt text, or FILE:path to read it from a file (default "\\n")')
     smp.add_argument("--num_samples", "--num-samples", type=int, default=10)
     smp.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=500)
@@ -246,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_loading_options(smp, dtype_default="float32")
     smp.set_defaults(func=cmd_sample)
 
+
+def add_convert_commands(sub) -> None:
+    """convert nanogpt | gpt2 | llmc: other formats into model folders (each can push what it wrote)."""
     convert = sub.add_parser("convert", help="convert other formats into hf_nanogpt model folders")
     convert_sub = convert.add_subparsers(dest="source", metavar="FORMAT", required=True)
     cn = convert_sub.add_parser(
@@ -261,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     cn.add_argument("--meta", default=None, help="char-level meta.pkl")
     cn.add_argument("--tokenizer", default=None, help="'gpt2', or a folder with a saved tokenizer or GPT-2 BPE files")
     cn.add_argument("--crop-vocab", "--crop_vocab", action="store_true", help="cut the padded embedding to the tokenizer's size")
-    cn.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_overwrite_option(cn, "OUT")
     add_push_to_hub_options(cn)
     cn.set_defaults(func=cmd_convert_nanogpt)
 
@@ -274,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cg.add_argument("src", metavar="SRC", help="GPT2LMHeadModel folder, or a Hub id (needs network)")
     cg.add_argument("out", metavar="OUT")
-    cg.add_argument("--overwrite", action="store_true")
+    add_overwrite_option(cg)
     add_push_to_hub_options(cg)
     cg.set_defaults(func=cmd_convert_gpt2)
 
@@ -289,10 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("src", metavar="IN.bin", help="llm.c model file")
     cl.add_argument("out", metavar="OUT", help="model folder to write")
     cl.add_argument("--tokenizer", default=None, help="'gpt2', a meta.pkl, or a folder with a saved tokenizer or GPT-2 BPE files")
-    cl.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_overwrite_option(cl, "OUT")
     add_push_to_hub_options(cl)
     cl.set_defaults(func=cmd_convert_llmc)
 
+
+def add_prepare_command(sub) -> None:
     prep = sub.add_parser(
         "prepare",
         help="tokenize text into nanoGPT's data layout (train.bin, val.bin, meta.pkl) or llm.c's shards",
@@ -314,16 +329,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="bound on the text and ids in flight, e.g. 512MB (default 1GB; the interpreter's own not counted)")
     prep.add_argument("--shard_tokens", "--shard-tokens", default=None,
                       help="write shards of this many tokens (e.g. 100M, llm.c's size) in llm.c's format instead of train.bin/val.bin")
-    prep.add_argument("--overwrite", action="store_true")
+    add_overwrite_option(prep)
     prep.set_defaults(func=cmd_prepare)
 
+
+def add_train_command(sub) -> None:
+    """Listed here for --help; its options are TrainConfig's, parsed by hf_nanogpt.train (see main)."""
     trn = sub.add_parser(
         "train",
         add_help=False,
         help="nanoGPT's train.py on Accelerate: `hf-nanogpt train [CONFIG] [--name value ...]` (--help for options)",
     )
-    trn.add_argument("args", nargs=argparse.REMAINDER)  # handed to hf_nanogpt.train as they are (see main)
+    trn.add_argument("args", nargs=argparse.REMAINDER)  # handed to hf_nanogpt.train as they are
 
+
+def add_export_commands(sub) -> None:
+    """export nanogpt | gpt2 | gguf | llmc: model folders (or Hub ids, through their own code if asked) to other formats."""
     export = sub.add_parser("export", help="export hf_nanogpt model folders to other formats")
     export_sub = export.add_subparsers(dest="target", metavar="FORMAT", required=True)
     en = export_sub.add_parser(
@@ -332,11 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write OUT_DIR/ckpt.pt in nanoGPT's format (model, model_args, iter_num, best_val_loss, config, "
         "and an optimizer entry train.py accepts with init_from='resume'), plus meta.pkl for char-level tokenizers.",
     )
-    en.add_argument("model", metavar="MODEL", help="model folder or Hub repo id")
+    add_model_argument(en)
     en.add_argument("out_dir", metavar="OUT_DIR")
     en.add_argument("--dataset", default=None, help="config['dataset'] (where sample.py looks for meta.pkl)")
-    en.add_argument("--overwrite", action="store_true")
-    en.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
+    add_overwrite_option(en)
+    add_trust_remote_code_option(en)
     en.set_defaults(func=cmd_export_nanogpt)
     eg = export_sub.add_parser(
         "gpt2",
@@ -346,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     eg.add_argument("model", metavar="MODEL")
     eg.add_argument("out", metavar="OUT")
-    eg.add_argument("--overwrite", action="store_true")
-    eg.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
+    add_overwrite_option(eg)
+    add_trust_remote_code_option(eg)
     eg.set_defaults(func=cmd_export_gpt2)
     eq = export_sub.add_parser(
         "gguf",
@@ -357,12 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
         "llama.cpp's rwkv vocabulary). llama.cpp computes the tanh GELU: an exact-GELU model is exported with a "
         "warning giving the measured logit change. Needs the gguf package (pip install \"hf-nanogpt[gguf]\").",
     )
-    eq.add_argument("model", metavar="MODEL", help="model folder or Hub repo id")
+    add_model_argument(eq)
     eq.add_argument("out", metavar="OUT.gguf", help="GGUF file to write")
     eq.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16"],
                     help="type of the 2-D weights (norms, biases, position_embd stay f32); default f32")
-    eq.add_argument("--overwrite", action="store_true", help="replace OUT.gguf if it exists")
-    eq.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
+    add_overwrite_option(eq, "OUT.gguf")
+    add_trust_remote_code_option(eq)
     eq.set_defaults(func=cmd_export_gguf)
     el = export_sub.add_parser(
         "llmc",
@@ -372,13 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
         "biases for bias=False. llm.c computes the tanh GELU: an exact-GELU model is exported with a warning giving "
         "the measured logit change. The file is read back and checked with llm.c's forward (logits within 1e-5).",
     )
-    el.add_argument("model", metavar="MODEL", help="model folder or Hub repo id")
+    add_model_argument(el)
     el.add_argument("out", metavar="OUT.bin", help="llm.c model file to write (train_gpt2.c reads gpt2_124M.bin)")
     el.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="float32: version 3; bfloat16: version 5")
-    el.add_argument("--overwrite", action="store_true", help="replace OUT.bin if it exists")
-    el.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
+    add_overwrite_option(el, "OUT.bin")
+    add_trust_remote_code_option(el)
     el.set_defaults(func=cmd_export_llmc)
 
+
+def add_push_command(sub) -> None:
     push = sub.add_parser(
         "push",
         help="publish a model folder on the Hugging Face Hub",
@@ -394,6 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--commit-message", "--commit_message", default=None)
     push.add_argument("--token", default=None, help="a write token (default: HF_TOKEN or the token `hf auth login` saved)")
     push.set_defaults(func=cmd_push)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-nanogpt",
+        description="nanoGPT models in the Hugging Face ecosystem: generate and sample text, convert nanoGPT "
+        "checkpoints to Hugging Face model folders and back, publish them on the Hub.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_text_commands(sub)  # generate, sample
+    add_convert_commands(sub)
+    add_prepare_command(sub)
+    add_train_command(sub)
+    add_export_commands(sub)
+    add_push_command(sub)
     return parser
 
 

@@ -29,6 +29,8 @@ from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
 from . import __version__
 from .model_card import card_for_repo
+from .training.checkpoint import CHECKPOINTS
+from .training.logs import LOG_FILE, TRACKERS_DIR
 
 try:  # the transport errors of the HTTP client huggingface_hub uses: httpx2 from 2.0, httpx before
     from httpx2 import TransportError
@@ -36,7 +38,7 @@ except ImportError:  # pragma: no cover - huggingface_hub 1.x
     from httpx import TransportError
 
 # what the trainer keeps in out_dir for itself (resumable state, logs): not part of the published model
-LOCAL_ONLY = {"checkpoints", "logs", "log.jsonl"}
+LOCAL_ONLY = {CHECKPOINTS, TRACKERS_DIR, LOG_FILE}
 # weight files of an earlier push that the new folder may not have (a model that was sharded and no
 # longer is): deleted from the repo in the same commit, so that it never holds two sets of weights
 STALE_WEIGHTS = ["*.safetensors", "model.safetensors.index.json"]

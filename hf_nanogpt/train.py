@@ -43,7 +43,7 @@ from .training.checkpoint import (CHECKPOINTS, Preemption, check_same_optimizer,
 from .training.config import TrainConfig, check_config, load_config_file, micro_steps_per_process, parse_args
 from .training.devices import any_process, make_accelerator
 from .training.evaluation import estimate_loss, evaluation_windows
-from .training.logs import LOG_FILE, log_record, tracker_names
+from .training.logs import LOG_FILE, TRACKERS_DIR, log_record, tracker_names
 from .training.measure import default_peak_flops, flops_per_token
 from .training.model import build_model, crop_block_size
 from .training.optim import configure_optimizers, set_hyperparameters
@@ -115,8 +115,8 @@ def train(cfg: TrainConfig) -> dict:
               f"{cfg.batch_size} x {cfg.block_size}); {raw_model.num_parameters() / 1e6:.2f}M parameters; "
               f"{accelerator.device} ({accelerator.distributed_type.value}), {dtype}; MFU against {peak / 1e12:.1f} TFLOP/s ({peak_source})")
     if trackers:
-        # tensorboard writes to out_dir/<project>: "logs" there, the wandb project name for wandb
-        accelerator.init_trackers(cfg.wandb_project if "wandb" in trackers else "logs", config=dataclasses.asdict(cfg),
+        # tensorboard writes to out_dir/<project>: TRACKERS_DIR there, the wandb project name for wandb
+        accelerator.init_trackers(cfg.wandb_project if "wandb" in trackers else TRACKERS_DIR, config=dataclasses.asdict(cfg),
                                   init_kwargs={"wandb": {"name": cfg.wandb_run_name}} if "wandb" in trackers else {})
     log_file = open(out_dir / LOG_FILE, "a" if resume_dir else "w") if main else None
 

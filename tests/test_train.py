@@ -318,6 +318,22 @@ def wait_for_checkpoint(out_dir: Path, proc: subprocess.Popen, at_least: int, ti
     raise TimeoutError("no checkpoint appeared")
 
 
+def test_latest_checkpoint_without_a_pointer_is_the_highest_complete_iteration(tmp_path):
+    """`cp -r out_dir` gives the copies new mtimes in any order: the iteration number decides, not the time."""
+    root = tmp_path / "out" / "checkpoints"
+    for iter_num, age in ((9_000, 0), (10_000, 300), (20_000, 200), (30_000, 100)):  # iter_0030000 has no state
+        folder = root / f"iter_{iter_num:07d}"
+        folder.mkdir(parents=True)
+        if iter_num != 30_000:
+            (folder / "trainer_state.json").write_text(json.dumps({"iter_num": iter_num}))
+        os.utime(folder, (time.time() - age, time.time() - age))  # iter_0009000 is the newest
+    assert latest_checkpoint(tmp_path / "out").name == "iter_0020000"
+    (root / "latest").write_text("iter_0030000\n")  # a pointer to an incomplete one is passed over
+    assert latest_checkpoint(tmp_path / "out").name == "iter_0020000"
+    (root / "latest").write_text("iter_0009000\n")  # a complete one it names wins (a newer run in the same out_dir)
+    assert latest_checkpoint(tmp_path / "out").name == "iter_0009000"
+
+
 def test_sigkill_then_resume_is_bit_exact(char_data, tmp_path):
     """A run killed with SIGKILL part way and resumed ends with the same loss as an uninterrupted one.
     Dropout is on, so the restored random state matters too."""

@@ -17,6 +17,7 @@ LATEST = "latest"
 STATE_FILE = "trainer_state.json"
 DATA_STATE_FILE = "data_state.safetensors"
 MODEL_CONFIG_DIR = "model_config"
+MODEL_TMP = ".model.tmp"  # out_dir's model folder while publish.write_model writes it
 
 
 class _ExpectedTiedWeightsNote(logging.Filter):
@@ -37,13 +38,14 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
         named = root / pointer.read_text().strip()
         if (named / STATE_FILE).is_file():
             return named
-    complete = sorted((p for p in root.glob("iter_*") if (p / STATE_FILE).is_file()), key=lambda p: p.stat().st_mtime)
-    return complete[-1] if complete else None
+    # by number, not by time: copying out_dir (cp -r) gives every folder a new mtime, in any order
+    complete = [p for p in root.glob("iter_*") if p.name[5:].isdigit() and (p / STATE_FILE).is_file()]
+    return max(complete, key=lambda p: int(p.name[5:]), default=None)
 
 
 def remove_stale_temporaries(out_dir: Path) -> None:
     """What a run killed while writing leaves: the half-written model folder and checkpoint."""
-    for tmp in [*out_dir.glob(".model.tmp"), *(out_dir / CHECKPOINTS).glob(".*.tmp")]:
+    for tmp in [*out_dir.glob(MODEL_TMP), *(out_dir / CHECKPOINTS).glob(".*.tmp")]:
         print(f"removing {tmp}, left half-written by an interrupted run")
         if tmp.is_dir():
             shutil.rmtree(tmp)

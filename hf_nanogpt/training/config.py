@@ -7,10 +7,14 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from .optim import LR_SCHEDULES
+from typing import Literal, get_args
 
 PRESETS_DIR = Path(__file__).parents[1] / "presets"
+
+# The choices, declared here for the command line (HfArgumentParser makes a Literal an argparse choice) and for
+# check_config (a config file's values bypass argparse); optim.py implements one function per name.
+Optimizer = Literal["adamw", "muon"]
+LrSchedule = Literal["cosine", "wsd"]
 
 
 @dataclass
@@ -70,7 +74,7 @@ class TrainConfig:
     push_checkpoints: bool = field(default=False, metadata={"help": "also push the model at every checkpoint"})
     hub_private: bool = False
     # hf_nanogpt: the optimizer and schedule of modded-nanogpt's speedrun (same architecture: wte + wpe GPT)
-    optimizer: str = field(
+    optimizer: Optimizer = field(
         default="adamw",
         metadata={"help": "adamw (nanoGPT's) | muon: torch.optim.Muon for the blocks' 2-D matrices (c_attn, c_proj, c_fc), "
                           "AdamW (learning_rate, betas, weight_decay) for wte = lm_head, wpe, LayerNorms and biases"},
@@ -84,7 +88,7 @@ class TrainConfig:
     muon_momentum_warmup: float = field(default=0.85, metadata={"help": "Muon's momentum at iteration 0, rising linearly to muon_momentum"})
     muon_momentum_warmup_iters: int = field(default=300, metadata={"help": "iterations of Muon's momentum warm-up (0: none)"})
     muon_weight_decay: float = field(default=0.0, metadata={"help": "Muon's decoupled weight decay (lr x wd x weight)"})
-    lr_schedule: str = field(
+    lr_schedule: LrSchedule = field(
         default="cosine",
         metadata={"help": "cosine (nanoGPT's get_lr) | wsd: the same warmup, then constant, then linear down to min_lr "
                           "over the last cooldown_frac of lr_decay_iters (the speedrun's)"},
@@ -149,10 +153,9 @@ def check_config(cfg: TrainConfig) -> None:
     bad += [f"{name}={getattr(cfg, name)}" for name in ("max_iters", "learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters") if getattr(cfg, name) < 0]
     if not 0 <= cfg.dropout < 1:
         bad.append(f"dropout={cfg.dropout} (must be in [0, 1))")
-    if cfg.optimizer not in ("adamw", "muon"):
-        bad.append(f"optimizer={cfg.optimizer!r} (adamw or muon)")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        bad.append(f"lr_schedule={cfg.lr_schedule!r} ({' or '.join(LR_SCHEDULES)})")
+    for name, choices in (("optimizer", get_args(Optimizer)), ("lr_schedule", get_args(LrSchedule))):
+        if getattr(cfg, name) not in choices:
+            bad.append(f"{name}={getattr(cfg, name)!r} ({' or '.join(choices)})")
     if not 0 <= cfg.cooldown_frac <= 1:
         bad.append(f"cooldown_frac={cfg.cooldown_frac} (must be in [0, 1])")
     if cfg.optimizer == "muon":

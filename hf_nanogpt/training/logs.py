@@ -7,6 +7,7 @@ import json
 from .config import TrainConfig
 
 LOG_FILE = "log.jsonl"
+TRACKERS_DIR = "logs"  # in out_dir: tensorboard's events (with wandb too: the wandb project's name instead)
 
 
 def log_record(log_file, record: dict) -> None:

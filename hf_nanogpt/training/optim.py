@@ -1,15 +1,12 @@
 """Optimizers and schedules: nanoGPT's AdamW groups and cosine schedule, modded-nanogpt's Muon and
 warmup-stable-decay."""
 
-from __future__ import annotations
-
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 
-if TYPE_CHECKING:
-    from .config import TrainConfig
+from .config import LrSchedule, TrainConfig
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
@@ -31,10 +28,8 @@ def get_wsd_lr(it: int, cfg: TrainConfig) -> float:
     """Warmup, stable, decay (modded-nanogpt's speedrun): nanoGPT's linear warmup, then learning_rate until
     the last cooldown_frac of lr_decay_iters, then a straight line down to min_lr at lr_decay_iters, then
     min_lr. Training at the peak for longer and cooling down at the end reaches a given loss sooner."""
-    if not cfg.decay_lr:
-        return cfg.learning_rate
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if not cfg.decay_lr or it < cfg.warmup_iters:
+        return get_lr(it, cfg)  # nanoGPT's warmup (or its constant lr)
     if it >= cfg.lr_decay_iters:
         return cfg.min_lr
     cooldown_start = max(cfg.warmup_iters, cfg.lr_decay_iters - round(cfg.cooldown_frac * cfg.lr_decay_iters))
@@ -44,7 +39,7 @@ def get_wsd_lr(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + remaining * (cfg.learning_rate - cfg.min_lr)
 
 
-LR_SCHEDULES = {"cosine": get_lr, "wsd": get_wsd_lr}
+LR_SCHEDULES: dict[LrSchedule, Callable[[int, TrainConfig], float]] = {"cosine": get_lr, "wsd": get_wsd_lr}  # one per config.LrSchedule choice
 
 
 def muon_momentum(it: int, cfg: TrainConfig) -> float:

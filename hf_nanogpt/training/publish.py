@@ -9,11 +9,14 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import MODEL_TMP
+
 
 def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset_name) -> None:
     """The Hugging Face model folder in out_dir: each file written beside and renamed into place."""
     from transformers.utils import logging as hf_logging
 
+    from ..conversion.nanogpt import TRAINING_CONFIG_FILE
     from ..saving import umask_modes, write_model_folder
 
     hf_logging.disable_progress_bar()  # the training bar is the one to watch
@@ -21,11 +24,11 @@ def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset
     if not accelerator.is_main_process:
         return
     out_dir = Path(cfg.out_dir)
-    tmp = out_dir / ".model.tmp"
+    tmp = out_dir / MODEL_TMP
     shutil.rmtree(tmp, ignore_errors=True)
     unwrapped = accelerator.unwrap_model(model)
     unwrapped, state_dict = unsharded(getattr(unwrapped, "_orig_mod", unwrapped), state_dict)  # (torch.compile's wrapper off)
-    extra = {"training_config.json": json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"}
+    extra = {TRAINING_CONFIG_FILE: json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"}
     png = loss_plot(history)
     if png is not None:
         extra["loss.png"] = png
