@@ -136,7 +136,7 @@ def run_line(line: str, cwd: Path, env: dict, document: str) -> None:
 
 
 @pytest.mark.parametrize("block", all_blocks(), ids=lambda block: f"{block[0]}:{block[1]}-{block[2]}")
-def test_block_runs(block, worlds, monkeypatch):
+def test_block_runs(block, worlds, monkeypatch, hub):  # hub: the local Hub, where HF_TOKEN is `your-name`'s
     document, line, language, text = block
     root, namespace = worlds(document)
     monkeypatch.chdir(root)
