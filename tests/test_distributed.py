@@ -176,11 +176,11 @@ def test_resume_on_a_different_number_of_processes(runs, char_data, tmp_path, ca
 
 
 def header_commands(config: str) -> list[list[str]]:
-    """The `accelerate launch` lines in a config's header comment, as argument lists; the README shows the
-    same lines (its test leaves them to this file, which runs them)."""
+    """The `accelerate launch` lines in a config's header comment, as argument lists; docs/training.md shows the
+    same lines (its test, tests/test_readme.py, leaves them to this file, which runs them)."""
     commands = [line.lstrip("# ").split() for line in (CONFIGS / config).read_text().splitlines()
                 if line.startswith("#") and "accelerate launch" in line]
-    readme = [line.split() for line in (REPO / "README.md").read_text().splitlines()
+    readme = [line.split() for line in (REPO / "docs" / "training.md").read_text().splitlines()
               if line.startswith("accelerate launch") and config in line]
     assert commands and readme == commands
     return commands
