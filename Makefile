@@ -31,6 +31,7 @@ demo: $(VENV)/.installed
 	$(PY) -m hf_nanogpt.demo
 
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests -q
 
 $(FLOOR)/.installed: pyproject.toml
