@@ -8,7 +8,8 @@ Xeons we measured (AVX-512, AMX), but it read float32 weights at half the bandwi
 batched matmul over row blocks of the weight was 1.8x faster; a bfloat16 matrix-vector product (torch.mv) reads
 bfloat16 weights 1.4x faster than F.linear on the Xeons. So no choice is built in: the first time a weight shape
 meets a few rows in CPU inference, each product is timed on it, and the fastest is kept for the process if it
-beats F.linear by DECODE_MARGIN (BENCHMARKS.md, B1). Training, GPUs and torch.compile always take F.linear.
+beats F.linear by DECODE_MARGIN (BENCHMARKS.md: "hf_nanogpt.cpu_decode against F.linear"). Training, GPUs and
+torch.compile always take F.linear.
 
 The model file knows nothing of this: attaching changes the class of the model's nn.Linear modules to a subclass
 with the same parameters, so the state dict, save_pretrained and the remote code saved with the weights are
