@@ -26,6 +26,7 @@ from transformers import AutoTokenizer, StaticCache
 from hf_nanogpt import NanoGPTForCausalLM
 from hf_nanogpt.conversion.gguf import export_gguf
 from hf_nanogpt.conversion.nanogpt import convert_nanogpt
+from hf_nanogpt.cpu_decode import attach_cpu_decode
 from hf_nanogpt.modeling_nanogpt import CACHE_NAME
 from hf_nanogpt.saving import save_model_folder
 from hf_nanogpt.tokenization import gpt2_tokenizer
@@ -151,7 +152,7 @@ def bfloat16_accuracy(folder: Path, text: str, new_tokens: int = 100) -> dict:
     """What bfloat16 weights and activations cost a trained model: perplexity over `text` (block-size windows),
     the largest logit difference, and how many greedy tokens from the text's first 8 stay those of float32."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    exact = NanoGPTForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    exact = attach_cpu_decode(NanoGPTForCausalLM.from_pretrained(folder, dtype=torch.float32).eval())
     half = copy.deepcopy(exact).to(torch.bfloat16)
     block = exact.config.block_size
     ids = torch.tensor(tokenizer(text).input_ids)
@@ -189,7 +190,7 @@ def compare_nanogpt(nanogpt_dir: Path, ours, new_tokens: int, repeats: int) -> d
     greedy) against ours with its default cache. nanoGPT's GELU is the exact one, so ours is rebuilt
     with activation "gelu" on the same weights: the tokens then agree."""
     config = ours.config.__class__(**{**ours.config.to_dict(), "activation_function": "gelu"})
-    exact = NanoGPTForCausalLM(config).eval()
+    exact = attach_cpu_decode(NanoGPTForCausalLM(config).eval())
     exact.load_state_dict(ours.state_dict())
     nanogpt = load_nanogpt(nanogpt_dir, exact)
     prompt = torch.randint(config.vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))
@@ -223,6 +224,7 @@ def run(batches=(1, 8), modes=MODES, repeats: int = 5, nanogpt: Path | None = No
     results = {"rows": [], "nanogpt": [], "llama_tokens": {}, "new_tokens": new_tokens}
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
         gpt2_f32, ours_f32 = gpt2_pair(shape, Path(tmp) / "gpt2")
+        attach_cpu_decode(ours_f32)  # as `hf-nanogpt generate` decodes (F.linear under compile)
         if llama_cpp is not None:  # saved once, exported in each dtype
             save_model_folder(ours_f32, Path(tmp) / "ours", gpt2_tokenizer(), overwrite=True)
         for dtype in dtypes:

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM
 
 from conftest import tiny_model
 from hf_nanogpt import NanoGPTForCausalLM
-from hf_nanogpt.modeling_nanogpt import Linear
 from hf_nanogpt.saving import save_model_folder
 from hf_nanogpt.tokenization import gpt2_tokenizer
 
@@ -74,10 +74,10 @@ def test_merge_save_reload_identical(trained, tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(reloaded.eval()(input_ids=ids).logits, adapted, atol=0, rtol=0)
 
-    # merged into the weights: a plain model of ours again, whose Linear layers are ours
+    # merged into the weights: a plain model of ours again, whose Linear layers are nn.Linear
     merged = model.merge_and_unload()
     assert type(merged) is NanoGPTForCausalLM
-    assert type(merged.transformer.h[0].attn.c_attn) is Linear
+    assert type(merged.transformer.h[0].attn.c_attn) is nn.Linear
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, adapted, atol=1e-5, rtol=1e-5)
     save_model_folder(merged, tmp_path / "merged", gpt2_tokenizer())
