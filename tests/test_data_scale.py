@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from hf_nanogpt import cli
 from hf_nanogpt.data import TokenData, cut_rule, newline_cut, prepare, read_shard, write_shard
 from hf_nanogpt.tokenization import GPT2_EOS, char_tokenizer, gpt2_tokenizer

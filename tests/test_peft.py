@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_model
+from helpers import tiny_model
 from hf_nanogpt import NanoGPTForCausalLM
 from hf_nanogpt.modeling_nanogpt import Linear
 from hf_nanogpt.saving import save_model_folder

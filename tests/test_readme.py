@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, NANOGPT_FIXTURES, README_TOKEN, tiny_model
+from helpers import FIXTURES, NANOGPT_FIXTURES, README_TOKEN, tiny_model
 import hf_nanogpt.train
 from hf_nanogpt import cli
 
@@ -102,7 +102,7 @@ def run_line(line: str, cwd: Path, env: dict) -> None:
 
 
 @pytest.mark.parametrize("block", readme_blocks(), ids=lambda block: f"README.md:{block[0]}-{block[1]}")
-def test_readme_block_runs(block, world, monkeypatch):
+def test_readme_block_runs(block, world, monkeypatch, hub):
     line, language, text = block
     root, namespace = world
     monkeypatch.chdir(root)
