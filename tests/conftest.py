@@ -1,101 +1,47 @@
-"""Shared test helpers. Everything a test reads lives under tests/fixtures (never ../shared).
+"""Pytest fixtures and hooks, and the test session's isolation from the real Hub. The helpers the test
+files share live in tests/helpers.py.
 
-A local Hub (tests/hub_server.py) is started here, before anything imports huggingface_hub, because
-huggingface_hub reads HF_ENDPOINT, HF_HUB_DISABLE_XET, HF_HOME and the token into module constants at
-first import. So every test talks to 127.0.0.1, never to huggingface.co, and never sees the developer's
-token or cache.
+Every test talks to a local Hub (tests/hub_server.py) on 127.0.0.1, never to huggingface.co, and never
+sees the developer's token or cache. The environment is set here, before anything imports
+huggingface_hub, because huggingface_hub reads HF_ENDPOINT, HF_HUB_DISABLE_XET, HF_HOME and the token
+into module constants at first import. HF_ENDPOINT names a port reserved here; the server itself starts
+only when a test first requests the `hub` fixture (so `pytest tests/test_model.py` starts none). Until
+then nothing listens there: a Hub request is refused, and it never goes anywhere else.
 """
 
 import os
-import secrets
 import shutil
+import socket
 import sys
 import tempfile
 
 assert "huggingface_hub" not in sys.modules, "huggingface_hub was imported before the test Hub was configured"
 from hub_server import HubServer  # noqa: E402  (stdlib only)
 
-# tokens are random so that a test can grep outputs and files for them
-WRITE_TOKEN = "hf_" + secrets.token_hex(17)  # alice, write access
-READ_TOKEN = "hf_" + secrets.token_hex(17)  # alice, read-only
-OTHER_TOKEN = "hf_" + secrets.token_hex(17)  # bob, write access to his own namespace only
-README_TOKEN = "hf_" + secrets.token_hex(17)  # your-name, as the README's examples write it (tests/test_readme.py)
-HUB_TOKENS = {WRITE_TOKEN: "alice", READ_TOKEN: {"name": "alice", "role": "read"}, OTHER_TOKEN: "bob", README_TOKEN: "your-name"}
 _HUB_TMP = tempfile.mkdtemp(prefix="hf_nanogpt-tests-")
-HUB = HubServer(root=os.path.join(_HUB_TMP, "store"), tokens=HUB_TOKENS).start()
+# the Hub's port, held (bound, not listening: connections are refused) until the `hub` fixture starts it
+_HUB_PORT_HOLDER = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+_HUB_PORT_HOLDER.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's: a forked copy cannot block it
+_HUB_PORT_HOLDER.bind(("127.0.0.1", 0))
+HUB_URL = "http://127.0.0.1:%d" % _HUB_PORT_HOLDER.getsockname()[1]
 for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_XET_CACHE"):
     os.environ.pop(name, None)
 os.environ.update(
-    HF_ENDPOINT=HUB.url,
+    HF_ENDPOINT=HUB_URL,
     HF_HUB_DISABLE_XET="1",  # the test Hub has no Xet storage: uploads go through LFS
     HF_HOME=os.path.join(_HUB_TMP, "hf_home"),
     HF_HUB_DISABLE_TELEMETRY="1",
     HF_HUB_DISABLE_PROGRESS_BARS="1",
 )
 
-import json  # noqa: E402
-import textwrap  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
-import hf_nanogpt  # noqa: F401  (registers the Auto classes)
-from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM  # noqa: E402
+from helpers import HUB_TOKENS  # noqa: E402  (imports huggingface_hub: after the environment above)
 from hf_nanogpt.tokenization import gpt2_tokenizer  # noqa: E402
 
-FIXTURES = Path(__file__).parent / "fixtures"
-NANOGPT_FIXTURES = FIXTURES / "nanogpt"
-
-# The start of a script run in a subprocess that must load models without this package, as someone
-# who never installed it would: importing hf_nanogpt fails there.
-BLOCK_HF_NANOGPT = textwrap.dedent(
-    """
-    import importlib.abc, sys
-    class NoHfNanogpt(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_nanogpt" or name.startswith("hf_nanogpt."):
-                raise ImportError("hf_nanogpt is blocked in this process")
-    sys.meta_path.insert(0, NoHfNanogpt())
-    try:
-        import hf_nanogpt
-        raise SystemExit("hf_nanogpt should not be importable here")
-    except ImportError:
-        pass
-    """
-)
-
-
-def tiny_config(**overrides) -> NanoGPTConfig:
-    kwargs = dict(vocab_size=96, block_size=32, n_layer=2, n_head=4, n_embd=32, bias=True, dropout=0.0)
-    kwargs.update(overrides)
-    return NanoGPTConfig(**kwargs)
-
-
-def tiny_model(seed: int = 0, attn_implementation: str = "sdpa", **overrides) -> NanoGPTForCausalLM:
-    torch.manual_seed(seed)
-    model = NanoGPTForCausalLM(tiny_config(**overrides)).eval()
-    model.set_attn_implementation(attn_implementation)
-    return model
-
-
-def load_nanogpt_fixture(name: str) -> dict:
-    """A fixture folder: ckpt (nanoGPT's ckpt.pt contents), inputs, refs and greedy.json."""
-    folder = NANOGPT_FIXTURES / name
-    return {
-        "ckpt": torch.load(folder / "ckpt.pt", map_location="cpu", weights_only=True),
-        "inputs": torch.load(folder / "ref_input.pt", map_location="cpu", weights_only=True),
-        "refs": torch.load(folder / "ref_logits.pt", map_location="cpu", weights_only=True),
-        "greedy": json.loads((folder / "greedy.json").read_text()),
-    }
-
-
-def model_from_nanogpt(ckpt: dict, attn_implementation: str = "sdpa") -> NanoGPTForCausalLM:
-    """nanoGPT's model_args -> our config; the state dict loads with no renaming."""
-    model = NanoGPTForCausalLM(NanoGPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"], strict=True)
-    model.set_attn_implementation(attn_implementation)
-    return model.eval()
+_hub_server: HubServer | None = None  # once the `hub` fixture has started it
+# tests/test_isolation.py: a file this session appends, before each test, whether the Hub is listening
+_HUB_REPORT = os.environ.get("HF_NANOGPT_TESTS_HUB_REPORT")
 
 
 @pytest.fixture(scope="session")
@@ -105,10 +51,42 @@ def gpt2_tok():
 
 @pytest.fixture(scope="session")
 def hub() -> HubServer:
-    """The local Hub every Hugging Face client in this test session talks to (HF_ENDPOINT)."""
-    return HUB
+    """The local Hub every Hugging Face client in this test session talks to (HF_ENDPOINT), started by
+    the first test that requests it and stopped at the end of the session. A test that talks to the
+    Hub requests it (directly or through another fixture)."""
+    global _hub_server
+    port = _HUB_PORT_HOLDER.getsockname()[1]
+    _HUB_PORT_HOLDER.close()
+    _hub_server = HubServer(root=os.path.join(_HUB_TMP, "store"), tokens=HUB_TOKENS, port=port).start()
+    assert _hub_server.url == HUB_URL
+    yield _hub_server
+    _hub_server.stop()
+    _hub_server = None
+
+
+def _hub_listening() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", int(HUB_URL.rsplit(":", 1)[1])), timeout=5).close()
+        return True
+    except ConnectionRefusedError:
+        return False
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test that does not request `hub` sends it nothing, even when an earlier test has started it
+    (run on its own, such a test would find no Hub)."""
+    if _HUB_REPORT:
+        with open(_HUB_REPORT, "a") as report:
+            report.write(f"{item.nodeid}\t{'hub listening' if _hub_listening() else 'no hub'}\n")
+    server = _hub_server if "hub" not in item.fixturenames else None
+    mark = len(server.request_log) if server else 0
+    result = yield
+    if server and len(server.request_log) > mark:
+        pytest.fail(f"{item.nodeid} sent the local Hub {server.request_log[mark:][:5]} without requesting the `hub` fixture")
+    return result
 
 
 def pytest_unconfigure(config):
-    HUB.stop()
+    _HUB_PORT_HOLDER.close()
     shutil.rmtree(_HUB_TMP, ignore_errors=True)

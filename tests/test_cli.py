@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import NANOGPT_FIXTURES, tiny_model
+from helpers import NANOGPT_FIXTURES, tiny_model
 from hf_nanogpt import cli
 from hf_nanogpt.saving import save_model_folder
 from hf_nanogpt.tokenization import char_tokenizer

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from conftest import NANOGPT_FIXTURES, load_nanogpt_fixture
+from helpers import NANOGPT_FIXTURES, load_nanogpt_fixture
 from hf_nanogpt import NanoGPTForCausalLM, cli
 from hf_nanogpt.conversion.common import ConversionError
 from hf_nanogpt.conversion.gpt2 import convert_gpt2, export_gpt2

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
 
-from conftest import tiny_model
+from helpers import tiny_model
 from hf_nanogpt import cli
 from hf_nanogpt.conversion.common import ConversionError, probe_batch
 from hf_nanogpt.conversion.llmc import convert_llmc, export_llmc

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
 
-from conftest import FIXTURES, NANOGPT_FIXTURES, load_nanogpt_fixture
+from helpers import FIXTURES, NANOGPT_FIXTURES, load_nanogpt_fixture
 from hf_nanogpt import cli
 from hf_nanogpt.conversion.nanogpt import CheckpointError, convert_nanogpt, export_nanogpt, load_checkpoint
 from hf_nanogpt.tokenization import CHAR_UNKNOWN, read_meta_pkl

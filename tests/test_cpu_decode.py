@@ -8,7 +8,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 import hf_nanogpt
-from conftest import tiny_model
+from helpers import tiny_model
 from hf_nanogpt import cpu_decode as d
 from hf_nanogpt import modeling_nanogpt
 from hf_nanogpt.cpu_decode import DecodeLinear, attach_cpu_decode

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from hf_nanogpt import cli
 from hf_nanogpt.data.encoding import cut_rule, newline_cut
 from hf_nanogpt.data.shards import read_shard, write_shard

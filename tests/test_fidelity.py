@@ -7,7 +7,7 @@ Logits and loss were computed by nanoGPT's GPT class (torch 2.13 CPU, float32); 
 import pytest
 import torch
 
-from conftest import load_nanogpt_fixture, model_from_nanogpt
+from helpers import load_nanogpt_fixture, model_from_nanogpt
 from hf_nanogpt.modeling_nanogpt import CACHE_NAME
 
 FIXTURES = ["A_char_nobias", "B_bpe_bias"]

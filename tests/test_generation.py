@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, StaticCache, pipeline
 
-from conftest import tiny_model
+from helpers import tiny_model
 from hf_nanogpt.modeling_nanogpt import CACHE_NAME
 from hf_nanogpt.saving import generation_config_for, save_model_folder
 

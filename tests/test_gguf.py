@@ -21,7 +21,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from conftest import FIXTURES, NANOGPT_FIXTURES, tiny_model
+from helpers import FIXTURES, NANOGPT_FIXTURES, tiny_model
 from hf_nanogpt import NanoGPTForCausalLM, cli
 from hf_nanogpt.conversion.common import ConversionError, probe_batch
 from hf_nanogpt.conversion.gguf import TENSOR_MAP, export_gguf, llama_cpp_perplexity

@@ -17,7 +17,7 @@ from transformers import (
     pipeline,
 )
 
-from conftest import BLOCK_HF_NANOGPT, tiny_model
+from helpers import BLOCK_HF_NANOGPT, tiny_model
 from hf_nanogpt import (
     NanoGPTForQuestionAnswering,
     NanoGPTForSequenceClassification,

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Trainer, TrainingArguments
 
-from conftest import BLOCK_HF_NANOGPT, tiny_model
+from helpers import BLOCK_HF_NANOGPT, tiny_model
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM, NanoGPTModel
 
 

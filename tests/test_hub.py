@@ -1,5 +1,5 @@
 """Publishing to the Hub and loading back by repo id: the real huggingface_hub client and transformers,
-over real HTTP, against the local Hub conftest starts on 127.0.0.1 (tests/hub_server.py)."""
+over real HTTP, against the local Hub on 127.0.0.1 (tests/hub_server.py) that the `hub` fixture starts."""
 
 import hashlib
 import json
@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from hub_server import HubServer
 
-from conftest import BLOCK_HF_NANOGPT, HUB_TOKENS, NANOGPT_FIXTURES, OTHER_TOKEN, READ_TOKEN, WRITE_TOKEN, tiny_model
+from helpers import BLOCK_HF_NANOGPT, HUB_TOKENS, NANOGPT_FIXTURES, OTHER_TOKEN, READ_TOKEN, WRITE_TOKEN, tiny_model
 from hf_nanogpt import NanoGPTConfig, cli
 from hf_nanogpt.conversion.gpt2 import gpt2_model_card
 from hf_nanogpt.conversion.nanogpt import nanogpt_model_card
@@ -66,7 +66,7 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
+def published(tmp_path_factory, hub):
     """alice/tiny-chars: v1 then v2 on main, v3 on branch dev (made by --revision)."""
     root = tmp_path_factory.mktemp("published")
     repo = "alice/tiny-chars"

@@ -21,7 +21,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import BLOCK_HF_NANOGPT, tiny_model
+from helpers import BLOCK_HF_NANOGPT, tiny_model
 from hf_nanogpt.saving import save_model_folder
 from hf_nanogpt.tokenization import gpt2_tokenizer
 

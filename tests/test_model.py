@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DataCollatorWithFlattening, DynamicCache
 
-from conftest import NANOGPT_FIXTURES, tiny_config, tiny_model
+from helpers import NANOGPT_FIXTURES, tiny_config, tiny_model
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM, NanoGPTModel
 from hf_nanogpt.modeling_nanogpt import CACHE_NAME
 

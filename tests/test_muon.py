@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_model
+from helpers import tiny_model
 from hf_nanogpt.conversion.nanogpt import export_nanogpt
 from hf_nanogpt.train import train
 from hf_nanogpt.training.checkpoint import latest_checkpoint

@@ -7,7 +7,7 @@ import stat
 import pytest
 import torch
 
-from conftest import FIXTURES, NANOGPT_FIXTURES, tiny_model
+from helpers import FIXTURES, NANOGPT_FIXTURES, tiny_model
 from hf_nanogpt import cli
 from hf_nanogpt.saving import save_model_folder
 from hf_nanogpt.tokenization import char_tokenizer

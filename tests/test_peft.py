@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_model
+from helpers import tiny_model
 from hf_nanogpt import NanoGPTForCausalLM
 from hf_nanogpt.saving import save_model_folder
 from hf_nanogpt.tokenization import gpt2_tokenizer

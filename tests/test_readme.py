@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, NANOGPT_FIXTURES, README_TOKEN, tiny_model
+from helpers import FIXTURES, NANOGPT_FIXTURES, README_TOKEN, tiny_model
 import hf_nanogpt.train
 from hf_nanogpt import cli
 

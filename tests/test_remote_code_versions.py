@@ -17,7 +17,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, pipeline
 
-from conftest import BLOCK_HF_NANOGPT, NANOGPT_FIXTURES
+from helpers import BLOCK_HF_NANOGPT, NANOGPT_FIXTURES
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from conftest import tiny_model
+from helpers import tiny_model
 from hf_nanogpt.saving import atomic_output_dir, save_model_folder
 from hf_nanogpt.tokenization import char_tokenizer
 

@@ -3,7 +3,7 @@ import pickle
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import NANOGPT_FIXTURES
+from helpers import NANOGPT_FIXTURES
 from hf_nanogpt.tokenization import (
     CHAR_UNKNOWN,
     GPT2_BPE_DIR,

@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, get_cosine_with_min_lr_schedule_with_warmup, pipeline
 
-from conftest import FIXTURES, NANOGPT_FIXTURES
+from helpers import FIXTURES, NANOGPT_FIXTURES
 from hf_nanogpt.data.tokens import TokenData
 from hf_nanogpt.data.writing import prepare
 from hf_nanogpt.train import train
@@ -383,7 +383,7 @@ def free_port() -> int:
 def test_push_to_hub_publishes_the_model_not_the_training_state(char_data, tmp_path, monkeypatch, hub):
     from huggingface_hub import HfApi
 
-    from conftest import WRITE_TOKEN
+    from helpers import WRITE_TOKEN
 
     monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
     train(tiny(char_data, tmp_path / "out", max_iters=10, push_to_hub="alice/trained-tiny", always_save_checkpoint=True))
