@@ -29,8 +29,12 @@ TINY_GPT2 = {**TINY, "vocab_size": 50257}  # GPT-2's vocabulary: the conversion 
 
 
 def measured(cmd: list[str]) -> dict:
-    result = subprocess.run([sys.executable, "-m", "benchmarks.peak_rss", *cmd], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.peak_rss", *cmd],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
     return json.loads(result.stdout)
@@ -45,52 +49,99 @@ def run(repeats: int = 5, shape: dict = GPT2_MEDIUM) -> dict:
         export_nanogpt(work / "ours", work / "nanogpt", log=lambda *a: None)
         cli = [sys.executable, "-m", "hf_nanogpt.cli", "convert"]
         commands = {
-            "GPT-2 -> hf_nanogpt": ([*cli, "gpt2", str(work / "gpt2"), str(work / "out-gpt2"), "--overwrite"],
-                                    work / "gpt2" / "model.safetensors"),
-            "nanoGPT -> hf_nanogpt": ([*cli, "nanogpt", str(work / "nanogpt"), str(work / "out-nanogpt"), "--overwrite"],
-                                      work / "nanogpt" / "ckpt.pt"),
+            "GPT-2 -> hf_nanogpt": (
+                [*cli, "gpt2", str(work / "gpt2"), str(work / "out-gpt2"), "--overwrite"],
+                work / "gpt2" / "model.safetensors",
+            ),
+            "nanoGPT -> hf_nanogpt": (
+                [*cli, "nanogpt", str(work / "nanogpt"), str(work / "out-nanogpt"), "--overwrite"],
+                work / "nanogpt" / "ckpt.pt",
+            ),
         }
         runs = {name: [] for name in commands}
         baseline = []  # Python with torch, transformers and hf_nanogpt's conversion code imported, nothing loaded
         for _ in tqdm(range(repeats), desc="B3 conversions", unit="round", leave=False):  # the commands take turns
             for name, (cmd, _) in commands.items():
                 runs[name].append(measured(cmd))
-            baseline.append(measured([sys.executable, "-c", "import hf_nanogpt.cli, hf_nanogpt.conversion.gpt2, hf_nanogpt.conversion.nanogpt"]))
+            baseline.append(
+                measured(
+                    [
+                        sys.executable,
+                        "-c",
+                        "import hf_nanogpt.cli, hf_nanogpt.conversion.gpt2, hf_nanogpt.conversion.nanogpt",
+                    ]
+                )
+            )
         imports = statistics.median(r["peak_rss"] for r in baseline)
         rows = []
         for name, (cmd, source) in commands.items():
             size = source.stat().st_size
             peak = statistics.median(r["peak_rss"] for r in runs[name])
-            rows.append({
-                "conversion": name, "source": source.name, "source_bytes": size,
-                "seconds": statistics.median(r["seconds"] for r in runs[name]), "peak_rss": peak,
-                "peak_rss_max": max(r["peak_rss"] for r in runs[name]), "ratio": peak / size, "repeats": repeats,
-                "imports_rss": imports, "above_imports": (peak - imports) / size,
-                "command": "hf-nanogpt convert " + " ".join(cmd[len(cli):]).replace(str(work), "$TMP"),
-            })
+            rows.append(
+                {
+                    "conversion": name,
+                    "source": source.name,
+                    "source_bytes": size,
+                    "seconds": statistics.median(r["seconds"] for r in runs[name]),
+                    "peak_rss": peak,
+                    "peak_rss_max": max(r["peak_rss"] for r in runs[name]),
+                    "ratio": peak / size,
+                    "repeats": repeats,
+                    "imports_rss": imports,
+                    "above_imports": (peak - imports) / size,
+                    "command": "hf-nanogpt convert " + " ".join(cmd[len(cli) :]).replace(str(work), "$TMP"),
+                }
+            )
     return {"rows": rows, "shape": shape}
 
 
 def report(results: dict, command: str) -> str:
     rows = [
-        [r["conversion"], r["source"], f"{r['source_bytes'] / 1e9:.2f} GB", f"{r['seconds']:.1f}",
-         f"{r['peak_rss'] / 1e9:.2f} GB", f"{r['peak_rss_max'] / 1e9:.2f} GB", f"{r['ratio']:.2f}x",
-         f"{r['imports_rss'] / 1e9:.2f} GB", f"{r['above_imports']:.2f}x", r["repeats"],
-         f"`{r['command']}`"]
+        [
+            r["conversion"],
+            r["source"],
+            f"{r['source_bytes'] / 1e9:.2f} GB",
+            f"{r['seconds']:.1f}",
+            f"{r['peak_rss'] / 1e9:.2f} GB",
+            f"{r['peak_rss_max'] / 1e9:.2f} GB",
+            f"{r['ratio']:.2f}x",
+            f"{r['imports_rss'] / 1e9:.2f} GB",
+            f"{r['above_imports']:.2f}x",
+            r["repeats"],
+            f"`{r['command']}`",
+        ]
         for r in results["rows"]
     ]
-    table = markdown_table(["conversion", "source", "source bytes", "wall s (median)", "peak RSS (median)",
-                            "peak RSS (max)", "peak RSS / source bytes", "RSS of the imports alone",
-                            "(peak - imports) / source bytes", "runs", "command"], rows)
-    return (f"{table}\n\nTarget: peak RSS at most {TARGET}x the checkpoint's bytes. The imports (Python, torch, "
-            f"transformers) are a fixed cost, measured alone in the same loop; the last ratio is what the conversion "
-            f"itself holds.\n\nReproduce: `{command}`")
+    table = markdown_table(
+        [
+            "conversion",
+            "source",
+            "source bytes",
+            "wall s (median)",
+            "peak RSS (median)",
+            "peak RSS (max)",
+            "peak RSS / source bytes",
+            "RSS of the imports alone",
+            "(peak - imports) / source bytes",
+            "runs",
+            "command",
+        ],
+        rows,
+    )
+    return (
+        f"{table}\n\nTarget: peak RSS at most {TARGET}x the checkpoint's bytes. The imports (Python, torch, "
+        f"transformers) are a fixed cost, measured alone in the same loop; the last ratio is what the conversion "
+        f"itself holds.\n\nReproduce: `{command}`"
+    )
 
 
 def benchmark(argv: list[str]) -> str:
     """Parse `argv`, run, and return the Markdown report (with the command that reproduces it)."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.conversion", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.conversion",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tiny", action="store_true", help="a tiny model, for checking that the code runs")
     args = p.parse_args(argv)

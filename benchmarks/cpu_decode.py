@@ -36,30 +36,50 @@ def run(batches, dtypes, new_tokens: int, repeats: int) -> list[list]:
     for dtype in dtypes:
         model = base.to(DTYPES[dtype])
         for batch in batches:
-            prompt = torch.randint(config.vocab_size, (batch, PROMPT_TOKENS), generator=torch.Generator().manual_seed(batch))
+            prompt = torch.randint(
+                config.vocab_size, (batch, PROMPT_TOKENS), generator=torch.Generator().manual_seed(batch)
+            )
             tokens = {}
 
             def side(name, switch):
                 def run_once():
                     tokens[name] = greedy(switch(model), prompt, new_tokens, "eager")
+
                 return run_once
 
             DECODE_CHOICE.clear()  # the warm-up times each shape afresh
-            t = alternate({"F.linear": side("F.linear", detach), "cpu_decode": side("cpu_decode", attach_cpu_decode)},
-                          repeats, desc=f"cpu_decode batch {batch}, {dtype}")
-            kept = [f"{m} x ({out}, {inp}): {name}" for (m, out, inp, *_), name in DECODE_CHOICE.items() if name != "linear"]
-            rows.append([batch, dtype, f"{batch * new_tokens / t.median('F.linear'):.1f}",
-                         f"{batch * new_tokens / t.median('cpu_decode'):.1f}",
-                         ratio_cell(t.median("F.linear") / t.median("cpu_decode")),
-                         "yes" if torch.equal(tokens["F.linear"], tokens["cpu_decode"]) else "**no**",
-                         "; ".join(kept) or "F.linear for all", repeats])
+            t = alternate(
+                {"F.linear": side("F.linear", detach), "cpu_decode": side("cpu_decode", attach_cpu_decode)},
+                repeats,
+                desc=f"cpu_decode batch {batch}, {dtype}",
+            )
+            kept = [
+                f"{m} x ({out}, {inp}): {name}"
+                for (m, out, inp, *_), name in DECODE_CHOICE.items()
+                if name != "linear"
+            ]
+            rows.append(
+                [
+                    batch,
+                    dtype,
+                    f"{batch * new_tokens / t.median('F.linear'):.1f}",
+                    f"{batch * new_tokens / t.median('cpu_decode'):.1f}",
+                    ratio_cell(t.median("F.linear") / t.median("cpu_decode")),
+                    "yes" if torch.equal(tokens["F.linear"], tokens["cpu_decode"]) else "**no**",
+                    "; ".join(kept) or "F.linear for all",
+                    repeats,
+                ]
+            )
         detach(model)
     return rows
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.cpu_decode", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.cpu_decode",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     p.add_argument("--new-tokens", type=int, default=64)
@@ -68,8 +88,21 @@ def main(argv=None) -> None:
     info = machine()
     rows = run(args.batch, args.dtypes, args.new_tokens, args.repeats)
     print("; ".join(f"{k}: {v}" for k, v in info.items()) + ".\n")
-    print(markdown_table(["batch", "dtype", "F.linear tokens/s", "cpu_decode tokens/s", "cpu_decode/F.linear (tokens/s)",
-                          "same greedy tokens", "products other than F.linear kept (rows x weight shape)", "timed runs"], rows))
+    print(
+        markdown_table(
+            [
+                "batch",
+                "dtype",
+                "F.linear tokens/s",
+                "cpu_decode tokens/s",
+                "cpu_decode/F.linear (tokens/s)",
+                "same greedy tokens",
+                "products other than F.linear kept (rows x weight shape)",
+                "timed runs",
+            ],
+            rows,
+        )
+    )
     print(f"\nReproduce: `{' '.join([p.prog, *(argv if argv is not None else sys.argv[1:])])}`")
 
 

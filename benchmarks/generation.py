@@ -79,13 +79,34 @@ def compiled(model, backend: str = "inductor"):
 
 def llama_bench(bin_dir: Path, gguf: Path, new_tokens: int) -> float:
     """llama.cpp's decoding tokens/s (`llama-bench` tg: new_tokens one at a time, batch 1, our thread count)."""
-    out, _ = run_llama_tool(bin_dir / "llama-bench", "-m", str(gguf), "-p", "0", "-n", str(new_tokens), "-r", "1",
-                       "-t", str(torch.get_num_threads()), "-o", "json")
+    out, _ = run_llama_tool(
+        bin_dir / "llama-bench",
+        "-m",
+        str(gguf),
+        "-p",
+        "0",
+        "-n",
+        str(new_tokens),
+        "-r",
+        "1",
+        "-t",
+        str(torch.get_num_threads()),
+        "-o",
+        "json",
+    )
     return json.loads(out)[0]["avg_ts"]
 
 
-def compare(gpt2, ours, batch: int, mode: str, repeats: int, new_tokens: int = NEW_TOKENS, probe_mb: int = 0,
-            llama: tuple[Path, Path] | None = None) -> dict:
+def compare(
+    gpt2,
+    ours,
+    batch: int,
+    mode: str,
+    repeats: int,
+    new_tokens: int = NEW_TOKENS,
+    probe_mb: int = 0,
+    llama: tuple[Path, Path] | None = None,
+) -> dict:
     """Tokens/s of both models; with probe_mb, the read-bandwidth probe takes turns with them too, and with
     llama (bin folder, GGUF file), llama.cpp's decoding."""
     vocab = gpt2.config.vocab_size
@@ -95,6 +116,7 @@ def compare(gpt2, ours, batch: int, mode: str, repeats: int, new_tokens: int = N
     def full_run(name, model):
         def run_once():
             tokens[name] = greedy(model, prompt, new_tokens, mode)
+
         return run_once
 
     sides = {
@@ -142,9 +164,11 @@ def llama_greedy_match(bin_dir: Path, gguf: Path, ours, new_tokens: int) -> str:
     tokenizer = gpt2_tokenizer()
     ids = torch.tensor([tokenizer(PROMPT).input_ids])
     out = greedy(ours, ids, new_tokens, "eager")
-    new = out[0, ids.shape[1]:].tolist()
+    new = out[0, ids.shape[1] :].tolist()
     ours_text = tokenizer.decode(out[0], clean_up_tokenization_spaces=False)
-    theirs = run_llama_tool(bin_dir / "llama-simple", "-m", str(gguf), "-n", str(new_tokens), PROMPT)[0].removesuffix("\n")
+    theirs = run_llama_tool(bin_dir / "llama-simple", "-m", str(gguf), "-n", str(new_tokens), PROMPT)[0].removesuffix(
+        "\n"
+    )
     return f"{tokens_matched(tokenizer, new, ours_text, theirs)}/{len(new)}"
 
 
@@ -176,12 +200,21 @@ def load_nanogpt(nanogpt_dir: Path, ours: NanoGPTForCausalLM):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = ours.config
-    config = module.GPTConfig(block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
-                              n_embd=c.n_embd, dropout=0.0, bias=c.bias)
+    config = module.GPTConfig(
+        block_size=c.block_size,
+        vocab_size=c.vocab_size,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        dropout=0.0,
+        bias=c.bias,
+    )
     model = module.GPT(config).eval()
     missing, unexpected = model.load_state_dict(ours.state_dict(), strict=False)
     if unexpected or any(not key.endswith(".attn.bias") for key in missing):
-        raise RuntimeError(f"nanoGPT's GPT does not take hf_nanogpt's keys: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"nanoGPT's GPT does not take hf_nanogpt's keys: missing {missing}, unexpected {unexpected}"
+        )
     return model
 
 
@@ -218,9 +251,19 @@ def compare_nanogpt(nanogpt_dir: Path, ours, new_tokens: int, repeats: int) -> d
     }
 
 
-def run(batches=(1, 8), modes=MODES, repeats: int = 5, nanogpt: Path | None = None, nanogpt_tokens=(128, 512),
-        shape: dict = GPT2_124M, new_tokens: int = NEW_TOKENS, probe_mb: int = 640, dtypes=("float32",),
-        llama_cpp: Path | None = None, compile_backend: str = "inductor") -> dict:
+def run(
+    batches=(1, 8),
+    modes=MODES,
+    repeats: int = 5,
+    nanogpt: Path | None = None,
+    nanogpt_tokens=(128, 512),
+    shape: dict = GPT2_124M,
+    new_tokens: int = NEW_TOKENS,
+    probe_mb: int = 640,
+    dtypes=("float32",),
+    llama_cpp: Path | None = None,
+    compile_backend: str = "inductor",
+) -> dict:
     results = {"rows": [], "nanogpt": [], "llama_tokens": {}, "new_tokens": new_tokens}
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
         gpt2_f32, ours_f32 = gpt2_pair(shape, Path(tmp) / "gpt2")
@@ -259,26 +302,68 @@ def run(batches=(1, 8), modes=MODES, repeats: int = 5, nanogpt: Path | None = No
 
 def report(results: dict, command: str) -> str:
     rows = [
-        [r["batch"], r["dtype"], r["mode"], f"{r['gpt2_tok_s']:.1f}", f"{r['ours_tok_s']:.1f}", ratio_cell(r["speedup"]),
-         "yes" if r["same_tokens"] else "**no**", r["repeats"]]
+        [
+            r["batch"],
+            r["dtype"],
+            r["mode"],
+            f"{r['gpt2_tok_s']:.1f}",
+            f"{r['ours_tok_s']:.1f}",
+            ratio_cell(r["speedup"]),
+            "yes" if r["same_tokens"] else "**no**",
+            r["repeats"],
+        ]
         for r in results["rows"]
     ]
-    out = [markdown_table(["batch", "dtype", "cache and compile", "GPT2LMHeadModel tokens/s", "hf_nanogpt tokens/s",
-                           "ours/theirs (tokens/s)", "same greedy tokens", "timed runs"], rows)]
+    out = [
+        markdown_table(
+            [
+                "batch",
+                "dtype",
+                "cache and compile",
+                "GPT2LMHeadModel tokens/s",
+                "hf_nanogpt tokens/s",
+                "ours/theirs (tokens/s)",
+                "same greedy tokens",
+                "timed runs",
+            ],
+            rows,
+        )
+    ]
     llama_rows = [
-        [r["dtype"], r["mode"], f"{r['ours_decode_steps_s']:.1f}", f"{r['llama_tok_s']:.1f}",
-         ratio_cell(r["ours_decode_steps_s"] / r["llama_tok_s"]), results["llama_tokens"][r["dtype"]], r["repeats"]]
-        for r in results["rows"] if r["llama_tok_s"] is not None
+        [
+            r["dtype"],
+            r["mode"],
+            f"{r['ours_decode_steps_s']:.1f}",
+            f"{r['llama_tok_s']:.1f}",
+            ratio_cell(r["ours_decode_steps_s"] / r["llama_tok_s"]),
+            results["llama_tokens"][r["dtype"]],
+            r["repeats"],
+        ]
+        for r in results["rows"]
+        if r["llama_tok_s"] is not None
     ]
     if llama_rows:
         out.append(
-            f"\nAgainst llama.cpp at batch 1, decoding only (llama-bench's tg{results['new_tokens']}, one token at a time; "
+            f"\nAgainst llama.cpp at batch 1, decoding only (llama-bench's tg{results['new_tokens']}, one token "
+            f"at a time; "
             f"ours: decode steps/s with the prefill timed apart), on our `export gguf` of the same weights (f32 for "
             f"float32, bf16 for bfloat16), same thread count, llama-bench taking turns with the models in the same "
             f"loop. Greedy tokens: llama-simple's continuation of {PROMPT!r} against ours.\n"
         )
-        out.append(markdown_table(["dtype", "cache and compile", "hf_nanogpt decode tokens/s", "llama.cpp tokens/s",
-                                   "ours/llama.cpp", "greedy tokens equal", "timed runs"], llama_rows))
+        out.append(
+            markdown_table(
+                [
+                    "dtype",
+                    "cache and compile",
+                    "hf_nanogpt decode tokens/s",
+                    "llama.cpp tokens/s",
+                    "ours/llama.cpp",
+                    "greedy tokens equal",
+                    "timed runs",
+                ],
+                llama_rows,
+            )
+        )
     bw_rows = []
     for r in results["rows"]:
         if r["read_bandwidth"] is None:
@@ -289,8 +374,17 @@ def report(results: dict, command: str) -> str:
             sides.append(("llama.cpp", r["llama_tok_s"]))
         for name, steps in sides:
             bw = r["parameter_bytes"] * steps / 1e9
-            bw_rows.append([name, r["dtype"], r["mode"], f"{1e3 / steps:.1f}", f"{bw:.1f}", f"{probe:.1f}",
-                            f"{100 * bw / probe:.0f}%"])
+            bw_rows.append(
+                [
+                    name,
+                    r["dtype"],
+                    r["mode"],
+                    f"{1e3 / steps:.1f}",
+                    f"{bw:.1f}",
+                    f"{probe:.1f}",
+                    f"{100 * bw / probe:.0f}%",
+                ]
+            )
     if bw_rows:
         out.append(
             "\nDecoding at batch 1 reads every weight once per token: effective weight bandwidth = parameter bytes "
@@ -298,40 +392,102 @@ def report(results: dict, command: str) -> str:
             "probe, torch.sum over a float32 tensor far larger than the caches, takes turns with the models in the "
             "same loop.\n"
         )
-        out.append(markdown_table(["model", "dtype", "cache and compile", "ms per decode step", "effective GB/s",
-                                   "read probe GB/s", "of the read probe"], bw_rows))
+        out.append(
+            markdown_table(
+                [
+                    "model",
+                    "dtype",
+                    "cache and compile",
+                    "ms per decode step",
+                    "effective GB/s",
+                    "read probe GB/s",
+                    "of the read probe",
+                ],
+                bw_rows,
+            )
+        )
     if results.get("bfloat16_accuracy"):
-        rows = [[r["model"], r["windows"], f"{r['ppl_float32']:.4f}", f"{r['ppl_bfloat16']:.4f}",
-                 f"{r['ppl_bfloat16'] / r['ppl_float32'] - 1:+.1e}", f"{r['max_logit_diff']:.3f}", r["greedy"]]
-                for r in results["bfloat16_accuracy"]]
-        out.append("\nWhat bfloat16 costs (`from_pretrained(..., dtype=torch.bfloat16)`: weights and activations) on "
-                   "the real nanoGPT checkpoints of tests/fixtures, over tests/fixtures/shakespeare_char/input_head.txt; "
-                   "greedy tokens: how many from the start stay float32's.\n")
-        out.append(markdown_table(["checkpoint", "windows", "float32 perplexity", "bfloat16 perplexity", "relative change",
-                                   "max logit difference", "greedy tokens equal"], rows))
+        rows = [
+            [
+                r["model"],
+                r["windows"],
+                f"{r['ppl_float32']:.4f}",
+                f"{r['ppl_bfloat16']:.4f}",
+                f"{r['ppl_bfloat16'] / r['ppl_float32'] - 1:+.1e}",
+                f"{r['max_logit_diff']:.3f}",
+                r["greedy"],
+            ]
+            for r in results["bfloat16_accuracy"]
+        ]
+        out.append(
+            "\nWhat bfloat16 costs (`from_pretrained(..., dtype=torch.bfloat16)`: weights and activations) on "
+            "the real nanoGPT checkpoints of tests/fixtures, over tests/fixtures/shakespeare_char/input_head.txt; "
+            "greedy tokens: how many from the start stay float32's.\n"
+        )
+        out.append(
+            markdown_table(
+                [
+                    "checkpoint",
+                    "windows",
+                    "float32 perplexity",
+                    "bfloat16 perplexity",
+                    "relative change",
+                    "max logit difference",
+                    "greedy tokens equal",
+                ],
+                rows,
+            )
+        )
     if results["nanogpt"]:
         rows = [
-            [1, r["new_tokens"], f"{r['nanogpt_tok_s']:.1f}", f"{r['ours_tok_s']:.1f}", ratio_cell(r["speedup"]),
-             "yes" if r["same_tokens"] else "**no**", r["repeats"]]
+            [
+                1,
+                r["new_tokens"],
+                f"{r['nanogpt_tok_s']:.1f}",
+                f"{r['ours_tok_s']:.1f}",
+                ratio_cell(r["speedup"]),
+                "yes" if r["same_tokens"] else "**no**",
+                r["repeats"],
+            ]
             for r in results["nanogpt"]
         ]
-        out.append("\nAgainst nanoGPT's `GPT.generate` (no KV cache; `top_k=1` is its greedy), same weights, "
-                   "exact GELU on both sides:\n")
-        out.append(markdown_table(["batch", "new tokens", "nanoGPT tokens/s", "hf_nanogpt tokens/s",
-                                   "ours/theirs (tokens/s)", "same greedy tokens", "timed runs"], rows))
+        out.append(
+            "\nAgainst nanoGPT's `GPT.generate` (no KV cache; `top_k=1` is its greedy), same weights, "
+            "exact GELU on both sides:\n"
+        )
+        out.append(
+            markdown_table(
+                [
+                    "batch",
+                    "new tokens",
+                    "nanoGPT tokens/s",
+                    "hf_nanogpt tokens/s",
+                    "ours/theirs (tokens/s)",
+                    "same greedy tokens",
+                    "timed runs",
+                ],
+                rows,
+            )
+        )
     out.append(f"\nReproduce: `{command}`")
     return "\n".join(out)
 
 
 def benchmark(argv: list[str]) -> str:
     """Parse `argv`, run, and return the Markdown report (with the command that reproduces it)."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.generation", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.generation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
-    p.add_argument("--llama-cpp", type=Path, help="a llama.cpp build folder (bin/llama-bench, bin/llama-simple): "
-                   "adds llama.cpp's decoding at batch 1")
+    p.add_argument(
+        "--llama-cpp",
+        type=Path,
+        help="a llama.cpp build folder (bin/llama-bench, bin/llama-simple): adds llama.cpp's decoding at batch 1",
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--nanogpt", type=Path, help="a karpathy/nanoGPT checkout: adds the rows against its generate")
     p.add_argument("--nanogpt-tokens", type=int, nargs="+", default=[128, 512])
@@ -343,9 +499,21 @@ def benchmark(argv: list[str]) -> str:
         p.error(f"--llama-cpp {args.llama_cpp}: expected a llama.cpp build folder with bin/llama-bench in it")
     shape, new_tokens, probe_mb = (TINY, 8, 64) if args.tiny else (GPT2_124M, NEW_TOKENS, 640)
     nanogpt_tokens = [8, 16] if args.tiny else args.nanogpt_tokens  # within the tiny model's 128 positions
-    # --tiny measures nothing: aot_eager traces the same graphs as inductor without generating code (minutes on 2 cores)
-    results = run(args.batch, args.modes, args.repeats, args.nanogpt, nanogpt_tokens, shape, new_tokens, probe_mb,
-                  args.dtypes, args.llama_cpp, "aot_eager" if args.tiny else "inductor")
+    # --tiny measures nothing: aot_eager traces the same graphs as inductor without generating code
+    # (minutes on 2 cores)
+    results = run(
+        args.batch,
+        args.modes,
+        args.repeats,
+        args.nanogpt,
+        nanogpt_tokens,
+        shape,
+        new_tokens,
+        probe_mb,
+        args.dtypes,
+        args.llama_cpp,
+        "aot_eager" if args.tiny else "inductor",
+    )
     return report(results, " ".join([p.prog, *argv]))
 
 

@@ -12,9 +12,9 @@ on the CPU, a check that it runs (the test suite runs it); its figures mean noth
   each attention path (sdpa's own dispatch; sdpa held to its flash kernel; flash_attention_2 where the
   flash_attn package imports) eager and under `torch.compile(model)` as nanoGPT compiles it (the model; the
   backward through AOTAutograd; the optimizer step eager). Median step time after warm-up steps (the first
-  compiles), tokens/s, and MFU: hf_nanogpt.training.measure's flops_per_token (nanoGPT's 6N + attention) x tokens/s over
-  the device's bf16 peak (hf_nanogpt.training.measure.default_peak_flops: 989 TFLOP/s on the H100 and H200; nanoGPT's 312
-  is the A100's).
+  compiles), tokens/s, and MFU: hf_nanogpt.training.measure's flops_per_token (nanoGPT's 6N + attention) x
+  tokens/s over the device's bf16 peak (hf_nanogpt.training.measure.default_peak_flops: 989 TFLOP/s on the
+  H100 and H200; nanoGPT's 312 is the A100's).
 - decode: greedy `generate` with `cache_implementation="static"`, bf16, at batch 1 and 32, hf_nanogpt
   against GPT2LMHeadModel holding the same weights (our own export's state-dict conversion). generate
   compiles the decode step itself on CUDA (transformers' CompileConfig: inductor, CUDA graphs) and keeps
@@ -82,11 +82,30 @@ class Plan:
 
 
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, bias=False, dropout=0.0)
-GPU_PLAN = dict(model=GPT2_124M, micro_batch=12, micro_steps=5, warmup_steps=2, timed_steps=10, prompt_tokens=32,
-                new_tokens=128, decode_batches=(1, 32), decode_repeats=3, parity_batch=2)
-DRY_RUN_PLAN = dict(model=dict(GPT2_124M, n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=128),
-                    micro_batch=2, micro_steps=2, warmup_steps=1, timed_steps=2, prompt_tokens=8, new_tokens=8,
-                    decode_batches=(1, 32), decode_repeats=1, parity_batch=2)
+GPU_PLAN = dict(
+    model=GPT2_124M,
+    micro_batch=12,
+    micro_steps=5,
+    warmup_steps=2,
+    timed_steps=10,
+    prompt_tokens=32,
+    new_tokens=128,
+    decode_batches=(1, 32),
+    decode_repeats=3,
+    parity_batch=2,
+)
+DRY_RUN_PLAN = dict(
+    model=dict(GPT2_124M, n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=128),
+    micro_batch=2,
+    micro_steps=2,
+    warmup_steps=1,
+    timed_steps=2,
+    prompt_tokens=8,
+    new_tokens=8,
+    decode_batches=(1, 32),
+    decode_repeats=1,
+    parity_batch=2,
+)
 
 
 def flash_attn_missing() -> str | None:
@@ -136,8 +155,9 @@ def error_cells(row: dict, width: int) -> list[str]:
 # training
 
 
-def training_row(base: NanoGPTForCausalLM, plan: Plan, attention: str, context: Callable, compiled: bool,
-                 peak: float) -> dict:
+def training_row(
+    base: NanoGPTForCausalLM, plan: Plan, attention: str, context: Callable, compiled: bool, peak: float
+) -> dict:
     """Median bf16 training step of a copy of `base`: `micro_steps` micro-batches, clipping, fused AdamW."""
     if compiled:
         torch._dynamo.reset()  # compiled afresh under this row's attention and context
@@ -147,8 +167,10 @@ def training_row(base: NanoGPTForCausalLM, plan: Plan, attention: str, context: 
     forward = torch.compile(model, backend=plan.compile_backend) if compiled else model
     block, vocab = model.config.block_size, model.config.vocab_size
     generator = torch.Generator().manual_seed(0)
-    windows = [torch.randint(vocab, (plan.micro_batch, block + 1), generator=generator).to(plan.device)
-               for _ in range(plan.micro_steps)]
+    windows = [
+        torch.randint(vocab, (plan.micro_batch, block + 1), generator=generator).to(plan.device)
+        for _ in range(plan.micro_steps)
+    ]
     losses = []
 
     def step():
@@ -168,8 +190,13 @@ def training_row(base: NanoGPTForCausalLM, plan: Plan, attention: str, context: 
     timings = alternate({"step": step}, plan.timed_steps, plan.warmup_steps - 1, f"training: {attention}")
     seconds = timings.median("step")
     tokens = plan.micro_batch * block * plan.micro_steps
-    return {"step_s": seconds, "first_s": first, "tokens_s": tokens / seconds, "loss": losses[-1],
-            "mfu": flops_per_token(model, block) * tokens / seconds / peak}
+    return {
+        "step_s": seconds,
+        "first_s": first,
+        "tokens_s": tokens / seconds,
+        "loss": losses[-1],
+        "mfu": flops_per_token(model, block) * tokens / seconds / peak,
+    }
 
 
 def training_section(base: NanoGPTForCausalLM, plan: Plan, peak: float) -> tuple[str, list[dict]]:
@@ -185,19 +212,31 @@ def training_section(base: NanoGPTForCausalLM, plan: Plan, peak: float) -> tuple
     cells = []
     for r in rows:
         if "step_s" in r:
-            cells.append([r["attention"], r["mode"], f"{1e3 * r['step_s']:.1f}", f"{r['first_s']:.1f}",
-                          f"{r['tokens_s']:,.0f}", f"{100 * r['mfu']:.1f}%", f"{r['loss']:.3f}"])
+            cells.append(
+                [
+                    r["attention"],
+                    r["mode"],
+                    f"{1e3 * r['step_s']:.1f}",
+                    f"{r['first_s']:.1f}",
+                    f"{r['tokens_s']:,.0f}",
+                    f"{100 * r['mfu']:.1f}%",
+                    f"{r['loss']:.3f}",
+                ]
+            )
         else:
             cells.append([r["attention"], r["mode"], *error_cells(r, 5)])
     tokens = plan.micro_batch * plan.model["block_size"] * plan.micro_steps
-    text = (f"bf16 autocast (float32 weights), fused AdamW (lr {ADAMW['lr']}, betas {ADAMW['betas']}, weight decay "
-            f"{ADAMW['weight_decay']}), grad clip 1.0; micro-batch {plan.micro_batch} x {plan.model['block_size']}, "
-            f"{plan.micro_steps} micro-steps per optimizer step ({tokens:,} tokens); compiled: `torch.compile(model)` "
-            f"as nanoGPT does (backend {plan.compile_backend}); warm-up steps: {plan.warmup_steps} (the first "
-            f"compiles), then the median of {plan.timed_steps} timed steps. MFU = flops_per_token x tokens/s / peak."
-            f"\n\n"
-            + markdown_table(["attention", "compile", "ms per step (median)", "first step s", "tokens/s", "MFU",
-                              "last loss"], cells))
+    text = (
+        f"bf16 autocast (float32 weights), fused AdamW (lr {ADAMW['lr']}, betas {ADAMW['betas']}, weight decay "
+        f"{ADAMW['weight_decay']}), grad clip 1.0; micro-batch {plan.micro_batch} x {plan.model['block_size']}, "
+        f"{plan.micro_steps} micro-steps per optimizer step ({tokens:,} tokens); compiled: `torch.compile(model)` "
+        f"as nanoGPT does (backend {plan.compile_backend}); warm-up steps: {plan.warmup_steps} (the first "
+        f"compiles), then the median of {plan.timed_steps} timed steps. MFU = flops_per_token x tokens/s / peak."
+        f"\n\n"
+        + markdown_table(
+            ["attention", "compile", "ms per step (median)", "first step s", "tokens/s", "MFU", "last loss"], cells
+        )
+    )
     return text, rows
 
 
@@ -226,9 +265,16 @@ def greedy_static(model, prompt: torch.Tensor, new_tokens: int, compile_config: 
     """Greedy tokens through a static cache that generate keeps between calls of the same shape (a new cache
     every call, as benchmarks.generation.greedy passes, would make CUDA graphs record again each time)."""
     with torch.inference_mode():
-        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                             eos_token_id=None, do_sample=False, pad_token_id=0, cache_implementation="static",
-                             compile_config=compile_config)
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new_tokens,
+            eos_token_id=None,
+            do_sample=False,
+            pad_token_id=0,
+            cache_implementation="static",
+            compile_config=compile_config,
+        )
     return out.cpu()  # waits for the device
 
 
@@ -241,14 +287,19 @@ def decode_row(models: dict, plan: Plan, batch: int) -> dict:
     def side(name):
         def run():
             tokens[name] = greedy_static(models[name], prompt, plan.new_tokens, config)
+
         return run
 
     t = alternate({name: side(name) for name in models}, plan.decode_repeats, 1, f"decode: batch {batch}")
-    new = [tokens[name][:, plan.prompt_tokens:] for name in ("gpt2", "ours")]
+    new = [tokens[name][:, plan.prompt_tokens :] for name in ("gpt2", "ours")]
     differ = (new[0] != new[1]).any(0).nonzero()
-    return {"batch": batch, "gpt2_tok_s": batch * plan.new_tokens / t.median("gpt2"),
-            "ours_tok_s": batch * plan.new_tokens / t.median("ours"), "ratio": t.median("gpt2") / t.median("ours"),
-            "same": "yes" if len(differ) == 0 else f"**no** (from new token {differ[0].item() + 1})"}
+    return {
+        "batch": batch,
+        "gpt2_tok_s": batch * plan.new_tokens / t.median("gpt2"),
+        "ours_tok_s": batch * plan.new_tokens / t.median("ours"),
+        "ratio": t.median("gpt2") / t.median("ours"),
+        "same": "yes" if len(differ) == 0 else f"**no** (from new token {differ[0].item() + 1})",
+    }
 
 
 def decode_models(base: NanoGPTForCausalLM, plan: Plan) -> dict:
@@ -269,17 +320,31 @@ def decode_section(base: NanoGPTForCausalLM, plan: Plan) -> tuple[str, list[dict
         if "error" in r:
             cells.append([r["batch"], *error_cells(r, 4)])
         else:
-            cells.append([r["batch"], f"{r['gpt2_tok_s']:,.1f}", f"{r['ours_tok_s']:,.1f}", ratio_cell(r["ratio"]),
-                          r["same"]])
-    compiler = "inductor, mode reduce-overhead: CUDA graphs on a GPU" if plan.compile_backend == "inductor" else \
-        f"backend {plan.compile_backend}"
-    text = (f"Greedy `generate`, bf16 weights, `cache_implementation=\"static\"`, the decode step compiled by generate "
-            f"itself (transformers' CompileConfig: {compiler}); a random prompt of {plan.prompt_tokens} tokens and "
-            f"{plan.new_tokens} new tokens (no end-of-text stop), "
-            f"tokens/s = batch x new tokens / median time per run (the prefill included; timed runs: "
-            f"{plan.decode_repeats}, after a warm-up run that compiles), the two models taking turns.\n\n"
-            + markdown_table(["batch", "GPT2LMHeadModel tokens/s", "hf_nanogpt tokens/s", "ours/theirs (tokens/s)",
-                              "same greedy tokens"], cells))
+            cells.append(
+                [r["batch"], f"{r['gpt2_tok_s']:,.1f}", f"{r['ours_tok_s']:,.1f}", ratio_cell(r["ratio"]), r["same"]]
+            )
+    compiler = (
+        "inductor, mode reduce-overhead: CUDA graphs on a GPU"
+        if plan.compile_backend == "inductor"
+        else f"backend {plan.compile_backend}"
+    )
+    text = (
+        f'Greedy `generate`, bf16 weights, `cache_implementation="static"`, the decode step compiled by generate '
+        f"itself (transformers' CompileConfig: {compiler}); a random prompt of {plan.prompt_tokens} tokens and "
+        f"{plan.new_tokens} new tokens (no end-of-text stop), "
+        f"tokens/s = batch x new tokens / median time per run (the prefill included; timed runs: "
+        f"{plan.decode_repeats}, after a warm-up run that compiles), the two models taking turns.\n\n"
+        + markdown_table(
+            [
+                "batch",
+                "GPT2LMHeadModel tokens/s",
+                "hf_nanogpt tokens/s",
+                "ours/theirs (tokens/s)",
+                "same greedy tokens",
+            ],
+            cells,
+        )
+    )
     return text, rows
 
 
@@ -287,13 +352,16 @@ def decode_section(base: NanoGPTForCausalLM, plan: Plan) -> tuple[str, list[dict
 # parity
 
 
-def parity_row(base: NanoGPTForCausalLM, ids: torch.Tensor, reference: torch.Tensor, device: torch.device,
-               dtype: torch.dtype) -> dict:
+def parity_row(
+    base: NanoGPTForCausalLM, ids: torch.Tensor, reference: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> dict:
     model = copy.deepcopy(base).to(device, dtype).eval()
     with torch.inference_mode():
         logits = model(ids.to(device)).logits.float().cpu()
-    return {"max_diff": (logits - reference).abs().max().item(),
-            "agree": (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()}
+    return {
+        "max_diff": (logits - reference).abs().max().item(),
+        "agree": (logits.argmax(-1) == reference.argmax(-1)).float().mean().item(),
+    }
 
 
 def parity_section(base: NanoGPTForCausalLM, plan: Plan) -> tuple[str, list[dict]]:
@@ -302,8 +370,10 @@ def parity_section(base: NanoGPTForCausalLM, plan: Plan) -> tuple[str, list[dict
     with torch.inference_mode():
         reference = base.eval()(ids).logits.float()
     dtypes = (torch.bfloat16,) if plan.dry_run else (torch.float32, torch.bfloat16)  # CPU float32 is the reference
-    rows = [{"dtype": str(dtype).removeprefix("torch.")} | attempt(parity_row, base, ids, reference, plan.device,
-                                                                   dtype) for dtype in dtypes]
+    rows = [
+        {"dtype": str(dtype).removeprefix("torch.")} | attempt(parity_row, base, ids, reference, plan.device, dtype)
+        for dtype in dtypes
+    ]
     where = "CPU" if plan.dry_run else torch.cuda.get_device_name(plan.device)
     cells = []
     for r in rows:
@@ -311,11 +381,13 @@ def parity_section(base: NanoGPTForCausalLM, plan: Plan) -> tuple[str, list[dict
             cells.append([where, r["dtype"], *error_cells(r, 2)])
         else:
             cells.append([where, r["dtype"], f"{r['max_diff']:.2e}", f"{100 * r['agree']:.1f}%"])
-    text = (f"The same weights and input ({plan.parity_batch} x {block} random tokens); reference: the CPU in "
-            f"float32, whose largest |logit| is {reference.abs().max().item():.3f}. Greedy next token: the share of "
-            f"positions whose argmax agrees with the reference's (random weights give flat logits, so rounding "
-            f"flips near-ties).\n\n"
-            + markdown_table(["device", "weights", "max abs logit difference", "greedy next token agrees"], cells))
+    text = (
+        f"The same weights and input ({plan.parity_batch} x {block} random tokens); reference: the CPU in "
+        f"float32, whose largest |logit| is {reference.abs().max().item():.3f}. Greedy next token: the share of "
+        f"positions whose argmax agrees with the reference's (random weights give flat logits, so rounding "
+        f"flips near-ties).\n\n"
+        + markdown_table(["device", "weights", "max abs logit difference", "greedy next token agrees"], cells)
+    )
     return text, rows
 
 
@@ -329,27 +401,35 @@ def device_lines(plan: Plan, peak: float, peak_source: str, n_params: int) -> st
         where = f"the CPU, a dry run (no CUDA, or --dry-run; tiny shapes): {info['CPU']}, cores {info['cores']}"
     else:
         props = torch.cuda.get_device_properties(plan.device)
-        where = (f"{props.name} (compute capability {props.major}.{props.minor}, "
-                 f"{props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})")
+        where = (
+            f"{props.name} (compute capability {props.major}.{props.minor}, "
+            f"{props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})"
+        )
     shape = ", ".join(f"{k} {v}" for k, v in plan.model.items() if k != "dropout")
-    return (f"Measured {datetime.date.today().isoformat()} on {where}. torch {info['torch']}, transformers "
-            f"{info['transformers']}, hf_nanogpt {info['hf_nanogpt']}, Python {info['Python']}.\n"
-            f"Model: hf_nanogpt NanoGPTForCausalLM, {shape}, random weights, {n_params / 1e6:.2f}M parameters. "
-            f"Peak for MFU: {peak / 1e12:.1f} TFLOP/s ({peak_source}).")
+    return (
+        f"Measured {datetime.date.today().isoformat()} on {where}. torch {info['torch']}, transformers "
+        f"{info['transformers']}, hf_nanogpt {info['hf_nanogpt']}, Python {info['Python']}.\n"
+        f"Model: hf_nanogpt NanoGPTForCausalLM, {shape}, random weights, {n_params / 1e6:.2f}M parameters. "
+        f"Peak for MFU: {peak / 1e12:.1f} TFLOP/s ({peak_source})."
+    )
 
 
 def summary(plan: Plan, training: list[dict], failed: int, peak_source: str) -> str:
     ran = "every row ran" if failed == 0 else f"**{failed} rows failed**"
     if plan.dry_run:
-        return (f"**Summary**: a dry run on the CPU with tiny shapes: it checks that the code runs ({ran}); its "
-                f"figures mean nothing. The MFU goal (>= {100 * MFU_GOAL:.0f}% at GPT-2 124M) is judged on a GPU.")
+        return (
+            f"**Summary**: a dry run on the CPU with tiny shapes: it checks that the code runs ({ran}); its "
+            f"figures mean nothing. The MFU goal (>= {100 * MFU_GOAL:.0f}% at GPT-2 124M) is judged on a GPU."
+        )
     measured = [r for r in training if "mfu" in r]
     if not measured:
         return f"**Summary**: no training row ran, so the MFU goal (>= {100 * MFU_GOAL:.0f}%) is not judged; {ran}."
     best = max(measured, key=lambda r: r["mfu"])
     verdict = "**met**" if best["mfu"] >= MFU_GOAL else "**not met**"
-    return (f"**Summary**: MFU goal (>= {100 * MFU_GOAL:.0f}% at GPT-2 124M, against {peak_source}): {verdict}: best "
-            f"{100 * best['mfu']:.1f}% ({best['attention']}, {best['mode']}, {best['tokens_s']:,.0f} tokens/s); {ran}.")
+    return (
+        f"**Summary**: MFU goal (>= {100 * MFU_GOAL:.0f}% at GPT-2 124M, against {peak_source}): {verdict}: best "
+        f"{100 * best['mfu']:.1f}% ({best['attention']}, {best['mode']}, {best['tokens_s']:,.0f} tokens/s); {ran}."
+    )
 
 
 def run(plan: Plan, only=SECTIONS, command: str = "python -m benchmarks.gpu_check") -> tuple[str, int]:
@@ -358,11 +438,15 @@ def run(plan: Plan, only=SECTIONS, command: str = "python -m benchmarks.gpu_chec
     torch.manual_seed(0)
     base = NanoGPTForCausalLM(NanoGPTConfig(**plan.model)).eval()  # float32 on the CPU; every row copies it
     peak, peak_source = default_peak_flops(plan.device, "bfloat16")
-    parts = [f"## B4: GPU check ({'CPU dry run' if plan.dry_run else 'one GPU'})\n",
-             device_lines(plan, peak, peak_source, sum(p.numel() for p in base.parameters()))]
-    sections = {"training": (lambda: training_section(base, plan, peak), "Training"),
-                "decode": (lambda: decode_section(base, plan), "Decode"),
-                "parity": (lambda: parity_section(base, plan), "Parity: logits against the CPU in float32")}
+    parts = [
+        f"## B4: GPU check ({'CPU dry run' if plan.dry_run else 'one GPU'})\n",
+        device_lines(plan, peak, peak_source, sum(p.numel() for p in base.parameters())),
+    ]
+    sections = {
+        "training": (lambda: training_section(base, plan, peak), "Training"),
+        "decode": (lambda: decode_section(base, plan), "Decode"),
+        "parity": (lambda: parity_section(base, plan), "Parity: logits against the CPU in float32"),
+    }
     results = {}
     for name in only:
         section, title = sections[name]
@@ -376,19 +460,27 @@ def run(plan: Plan, only=SECTIONS, command: str = "python -m benchmarks.gpu_chec
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU even where CUDA is available")
     p.add_argument("--out", type=Path, help="also write the report to this file")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    p.add_argument("--compile-backend", default="inductor",
-                   help="torch.compile's backend (the test's dry run takes aot_eager: the same graphs traced, no code "
-                        "generated)")
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile's backend (the test's dry run takes aot_eager: the same graphs traced, no code generated)",
+    )
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.dry_run
-    plan = Plan(device=torch.device("cuda" if cuda else "cpu"), **(GPU_PLAN if cuda else DRY_RUN_PLAN),
-                compile_backend=args.compile_backend)
+    plan = Plan(
+        device=torch.device("cuda" if cuda else "cpu"),
+        **(GPU_PLAN if cuda else DRY_RUN_PLAN),
+        compile_backend=args.compile_backend,
+    )
     report, failed = run(plan, args.only, " ".join([p.prog, *argv]))
     print(report, flush=True)
     if args.out is not None:

@@ -29,26 +29,50 @@ from hf_nanogpt.tokenization import gpt2_tokenizer
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = ROOT / "tests" / "fixtures" / "shakespeare_char" / "input_head.txt"
 PROMPT = "Hello, I'm a language model,"
-GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, bias=True, dropout=0.0,
-                 activation_function="gelu_new")
+GPT2_124M = dict(
+    n_layer=12,
+    n_head=12,
+    n_embd=768,
+    block_size=1024,
+    vocab_size=50304,
+    bias=True,
+    dropout=0.0,
+    activation_function="gelu_new",
+)
 
 
 def make_models(workdir: Path) -> dict[str, tuple[Path, int]]:
     """name -> (model folder, perplexity context)."""
     torch.manual_seed(0)
-    save_model_folder(NanoGPTForCausalLM(NanoGPTConfig(**GPT2_124M)), workdir / "gpt2-124M-random", gpt2_tokenizer(), overwrite=True)
-    convert_nanogpt(ROOT / "tests" / "fixtures" / "nanogpt" / "B_bpe_bias", workdir / "B_bpe_bias", overwrite=True, log=lambda *a: None)
-    return {"GPT-2 124M shape, random init, gelu_new": (workdir / "gpt2-124M-random", 1024),
-            "B_bpe_bias (trained fixture, exact GELU)": (workdir / "B_bpe_bias", 64)}
+    save_model_folder(
+        NanoGPTForCausalLM(NanoGPTConfig(**GPT2_124M)), workdir / "gpt2-124M-random", gpt2_tokenizer(), overwrite=True
+    )
+    convert_nanogpt(
+        ROOT / "tests" / "fixtures" / "nanogpt" / "B_bpe_bias",
+        workdir / "B_bpe_bias",
+        overwrite=True,
+        log=lambda *a: None,
+    )
+    return {
+        "GPT-2 124M shape, random init, gelu_new": (workdir / "gpt2-124M-random", 1024),
+        "B_bpe_bias (trained fixture, exact GELU)": (workdir / "B_bpe_bias", 64),
+    }
 
 
 def greedy(model, tokenizer, n: int) -> tuple[list[int], str, float]:
     """Our greedy continuation of PROMPT: new ids, the whole text, and the smallest top-1 - top-2 logit margin."""
     ids = torch.tensor([tokenizer(PROMPT).input_ids])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_length=ids.shape[1] + n,
-                         max_new_tokens=None, output_scores=True, return_dict_in_generate=True)
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_length=ids.shape[1] + n,
+        max_new_tokens=None,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
     margin = min((s[0].topk(2).values[0] - s[0].topk(2).values[1]).item() for s in out.scores)
-    new = out.sequences[0, ids.shape[1]:].tolist()
+    new = out.sequences[0, ids.shape[1] :].tolist()
     return new, tokenizer.decode(out.sequences[0], clean_up_tokenization_spaces=False), margin
 
 
@@ -69,7 +93,9 @@ def run(binary: Path, *args: str) -> tuple[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--llama-cpp", required=True, type=Path, help="llama.cpp build folder (bin/llama-simple, bin/llama-perplexity)")
+    parser.add_argument(
+        "--llama-cpp", required=True, type=Path, help="llama.cpp build folder (bin/llama-simple, bin/llama-perplexity)"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--tokens", type=int, default=100, help="greedy tokens to generate")
     parser.add_argument("--text-chars", type=int, default=40_000, help="characters of the text file for perplexity")
@@ -97,15 +123,35 @@ def main() -> None:
             matched = tokens_matched(tokenizer, new, ours_text, theirs_text)
             ppl_log = "".join(run(bin_dir / "llama-perplexity", "-m", str(out), "-f", str(text), "-c", str(n_ctx)))
             theirs_ppl = float(re.search(r"Final estimate: PPL = ([\d.]+)", ppl_log).group(1))
-            rows.append([name, outtype, f"{out.stat().st_size / 1e6:.1f} MB", f"{export_s:.1f} s",
-                         f"{matched}/{len(new)}" + (" (identical)" if theirs_text == ours_text else ""), f"{margin:.2e}",
-                         f"{theirs_ppl:.4f}", f"{ours_ppl:.4f}", f"{abs(theirs_ppl / ours_ppl - 1):.1e}",
-                         f"{len(ids) // n_ctx} x {n_ctx}"])
+            rows.append(
+                [
+                    name,
+                    outtype,
+                    f"{out.stat().st_size / 1e6:.1f} MB",
+                    f"{export_s:.1f} s",
+                    f"{matched}/{len(new)}" + (" (identical)" if theirs_text == ours_text else ""),
+                    f"{margin:.2e}",
+                    f"{theirs_ppl:.4f}",
+                    f"{ours_ppl:.4f}",
+                    f"{abs(theirs_ppl / ours_ppl - 1):.1e}",
+                    f"{len(ids) // n_ctx} x {n_ctx}",
+                ]
+            )
             print(" | ".join(rows[-1]), flush=True)
         del model
 
-    header = ["model", "GGUF", "size", "export", "greedy tokens equal", "min top-2 margin (ours)", "llama.cpp PPL",
-              "our PPL", "relative diff", "chunks x n_ctx"]
+    header = [
+        "model",
+        "GGUF",
+        "size",
+        "export",
+        "greedy tokens equal",
+        "min top-2 margin (ours)",
+        "llama.cpp PPL",
+        "our PPL",
+        "relative diff",
+        "chunks x n_ctx",
+    ]
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -45,7 +45,12 @@ def main(argv=None) -> None:
     tokenized = splits.map(encode, remove_columns=["text"], desc="tokenizing the splits", num_proc=args.num_proc)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for split, rows in tokenized.items():
-        out = np.memmap(args.out_dir / f"{split}.bin", dtype=np.uint16, mode="w+", shape=(int(np.sum(rows["len"], dtype=np.uint64)),))
+        out = np.memmap(
+            args.out_dir / f"{split}.bin",
+            dtype=np.uint16,
+            mode="w+",
+            shape=(int(np.sum(rows["len"], dtype=np.uint64)),),
+        )
         start, parts = 0, min(1024, len(rows))  # 1024 writes there; fewer for a split of fewer documents
         for i in range(parts):
             ids = np.concatenate(rows.shard(num_shards=parts, index=i, contiguous=True).with_format("numpy")["ids"])

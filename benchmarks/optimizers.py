@@ -43,9 +43,19 @@ NANOGPT_STEP_TIME = re.compile(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms")
 
 def hf_run(args: str, data_dir: Path, out_dir: Path, eval_interval: int, max_iters: int) -> dict:
     """One `hf-nanogpt train shakespeare_char_cpu` run: its evaluations and cumulative training time."""
-    cmd = [sys.executable, "-m", "hf_nanogpt.train", "shakespeare_char_cpu", f"--data_dir={data_dir}",
-           f"--out_dir={out_dir}", f"--eval_interval={eval_interval}", f"--max_iters={max_iters}",
-           f"--lr_decay_iters={max_iters}", "--log_with=none", *shlex.split(args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hf_nanogpt.train",
+        "shakespeare_char_cpu",
+        f"--data_dir={data_dir}",
+        f"--out_dir={out_dir}",
+        f"--eval_interval={eval_interval}",
+        f"--max_iters={max_iters}",
+        f"--lr_decay_iters={max_iters}",
+        "--log_with=none",
+        *shlex.split(args),
+    ]
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -59,13 +69,23 @@ def hf_run(args: str, data_dir: Path, out_dir: Path, eval_interval: int, max_ite
             elapsed += entry["dt"]
     seconds[max_iters + 1] = elapsed
     evals = [(e["iter"], e["val_loss"]) for e in log if "val_loss" in e]
-    return {"evals": [{"iter": it, "val": val, "train_s": seconds.get(it, elapsed)} for it, val in evals], "wall_s": wall}
+    return {
+        "evals": [{"iter": it, "val": val, "train_s": seconds.get(it, elapsed)} for it, val in evals],
+        "wall_s": wall,
+    }
 
 
 def nanogpt_run(nanogpt: Path, out_dir: Path, eval_interval: int, max_iters: int) -> dict:
     """nanoGPT's train.py on its CPU recipe, evaluated every eval_interval iterations."""
-    cmd = [sys.executable, "train.py", *NANOGPT_CPU_RECIPE, f"--out_dir={out_dir}", f"--eval_interval={eval_interval}",
-           f"--max_iters={max_iters}", f"--lr_decay_iters={max_iters}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        *NANOGPT_CPU_RECIPE,
+        f"--out_dir={out_dir}",
+        f"--eval_interval={eval_interval}",
+        f"--max_iters={max_iters}",
+        f"--lr_decay_iters={max_iters}",
+    ]
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=nanogpt, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -78,7 +98,10 @@ def nanogpt_run(nanogpt: Path, out_dir: Path, eval_interval: int, max_iters: int
         seconds[it] = elapsed
         elapsed += median if it % eval_interval == 0 else steps[it]  # its dt includes the evaluation there
     evals = [(int(it), float(val)) for it, _, val in FINAL_EVAL.findall(result.stdout)]
-    return {"evals": [{"iter": it, "val": val, "train_s": seconds.get(it, elapsed)} for it, val in evals], "wall_s": wall}
+    return {
+        "evals": [{"iter": it, "val": val, "train_s": seconds.get(it, elapsed)} for it, val in evals],
+        "wall_s": wall,
+    }
 
 
 def first_below(evals: list[dict], target: float) -> dict | None:
@@ -88,30 +111,46 @@ def first_below(evals: list[dict], target: float) -> dict | None:
 def summarise(runs: dict[str, list[dict]], target: float, reference: str = "adamw") -> list[list]:
     """Per run name, medians over its repeats; ratios against `reference`'s training time to `target`
     and over all its iterations."""
+
     def med(values):
         values = [v for v in values if v is not None]
         return statistics.median(values) if values else None
 
     def stats(results):
         reached = [first_below(r["evals"], target) for r in results]
-        return {"iter": med([e["iter"] if e else None for e in reached]),
-                "train_s": med([e["train_s"] if e else None for e in reached]),
-                "reached": sum(e is not None for e in reached),
-                "full_s": med([r["evals"][-1]["train_s"] for r in results]),
-                "final": [r["evals"][-1]["val"] for r in results],
-                "best": [min(e["val"] for e in r["evals"]) for r in results],
-                "wall_s": med([r["wall_s"] for r in results])}
+        return {
+            "iter": med([e["iter"] if e else None for e in reached]),
+            "train_s": med([e["train_s"] if e else None for e in reached]),
+            "reached": sum(e is not None for e in reached),
+            "full_s": med([r["evals"][-1]["train_s"] for r in results]),
+            "final": [r["evals"][-1]["val"] for r in results],
+            "best": [min(e["val"] for e in r["evals"]) for r in results],
+            "wall_s": med([r["wall_s"] for r in results]),
+        }
 
     table = {name: stats(results) for name, results in runs.items()}
     ref = table.get(reference)
     rows = []
     for name, s in table.items():
-        to_target = (f"{s['iter']:.0f}" if s["iter"] is not None else "not reached") + f" ({s['reached']}/{len(runs[name])} runs)"
+        to_target = (
+            f"{s['iter']:.0f}" if s["iter"] is not None else "not reached"
+        ) + f" ({s['reached']}/{len(runs[name])} runs)"
         seconds = f"{s['train_s']:.1f}" if s["train_s"] is not None else "-"
         vs_ref = f"{s['train_s'] / ref['train_s']:.2f}x" if ref and s["train_s"] and ref["train_s"] else "-"
         vs_full = f"{s['train_s'] / ref['full_s']:.2f}x" if ref and s["train_s"] else "-"
-        rows.append([name, to_target, seconds, vs_ref, vs_full, ", ".join(f"{v:.4f}" for v in s["final"]),
-                     ", ".join(f"{v:.4f}" for v in s["best"]), f"{s['full_s']:.1f}", f"{s['wall_s']:.1f}"])
+        rows.append(
+            [
+                name,
+                to_target,
+                seconds,
+                vs_ref,
+                vs_full,
+                ", ".join(f"{v:.4f}" for v in s["final"]),
+                ", ".join(f"{v:.4f}" for v in s["best"]),
+                f"{s['full_s']:.1f}",
+                f"{s['wall_s']:.1f}",
+            ]
+        )
     return rows
 
 
@@ -128,7 +167,9 @@ def plot(runs: dict[str, list[dict]], target: float, path: Path) -> None:
             evals = [e for e in r["evals"] if e["iter"] > 0]
             label = name if i == 0 else None
             axes[0].plot([e["iter"] for e in evals], [e["val"] for e in evals], color=color, alpha=0.85, label=label)
-            axes[1].plot([e["train_s"] for e in evals], [e["val"] for e in evals], color=color, alpha=0.85, label=label)
+            axes[1].plot(
+                [e["train_s"] for e in evals], [e["val"] for e in evals], color=color, alpha=0.85, label=label
+            )
     for ax, xlabel in zip(axes, ("iteration", "training time (s, evaluation excluded)")):
         ax.axhline(target, color="gray", linestyle="--", linewidth=1)
         ax.set_xlabel(xlabel)
@@ -143,11 +184,19 @@ def plot(runs: dict[str, list[dict]], target: float, path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.optimizers", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.optimizers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data_dir", type=Path, default=Path("data/shakespeare_char"))
-    p.add_argument("--run", action="append", default=[], metavar="NAME=ARGS",
-                   help="a run: its name and `hf-nanogpt train` arguments (repeatable; default: adamw and muon)")
+    p.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="a run: its name and `hf-nanogpt train` arguments (repeatable; default: adamw and muon)",
+    )
     p.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout: add its own train.py as a run")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--eval_interval", type=int, default=100)
@@ -164,13 +213,17 @@ def main() -> None:
             runs[name].append(hf_run(extra, args.data_dir, work / f"{name}-{i}", args.eval_interval, args.max_iters))
             print(f"{name} #{i}: val {runs[name][-1]['evals'][-1]['val']:.4f}", file=sys.stderr, flush=True)
         if args.nanogpt:
-            runs["nanoGPT train.py"].append(nanogpt_run(args.nanogpt, work / f"nanogpt-{i}", args.eval_interval, args.max_iters))
+            runs["nanoGPT train.py"].append(
+                nanogpt_run(args.nanogpt, work / f"nanogpt-{i}", args.eval_interval, args.max_iters)
+            )
     if args.json:
         args.json.write_text(json.dumps({"specs": specs, "runs": runs, "target": args.target}, indent=1) + "\n")
     plot(runs, args.target, args.png)
-    print("| run | iterations to val <= {t} | training s to {t} | ratio to adamw's s to {t} | ratio to adamw's s for "
-          "its whole run | val at the last iteration (each run) | best val (each run) | training s, whole run | "
-          "process wall s |".format(t=args.target))
+    print(
+        "| run | iterations to val <= {t} | training s to {t} | ratio to adamw's s to {t} | ratio to adamw's s for "
+        "its whole run | val at the last iteration (each run) | best val (each run) | training s, whole run | "
+        "process wall s |".format(t=args.target)
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in summarise(runs, args.target):
         print("| " + " | ".join(map(str, row)) + " |")

@@ -109,13 +109,35 @@ def tokens_written(out: Path) -> int:
 
 def sides(corpus: Path, out: Path, num_proc: int, tiktoken: str | None) -> dict[str, list[str]]:
     """The commands, by side; the tiktoken sides only where tiktoken can be imported."""
-    ours = ["hf_nanogpt.cli", "prepare", str(corpus), str(out), "--tokenizer", "gpt2", "--num_proc", str(num_proc), "--overwrite"]
+    ours = [
+        "hf_nanogpt.cli",
+        "prepare",
+        str(corpus),
+        str(out),
+        "--tokenizer",
+        "gpt2",
+        "--num_proc",
+        str(num_proc),
+        "--overwrite",
+    ]
     boot = [sys.executable, "-c", BOOT]
     commands = {OURS_TOKENIZERS: [*boot, "", "hide", *ours]}
-    available = tiktoken is not None or subprocess.run([sys.executable, "-c", "import tiktoken"], capture_output=True).returncode == 0
+    available = (
+        tiktoken is not None
+        or subprocess.run([sys.executable, "-c", "import tiktoken"], capture_output=True).returncode == 0
+    )
     if available:
         commands[OURS_TIKTOKEN] = [*boot, tiktoken or "", "", *ours]
-        commands[NANOGPT] = [*boot, tiktoken or "", "", "benchmarks.nanogpt_prepare", str(corpus), str(out), "--num-proc", str(num_proc)]
+        commands[NANOGPT] = [
+            *boot,
+            tiktoken or "",
+            "",
+            "benchmarks.nanogpt_prepare",
+            str(corpus),
+            str(out),
+            "--num-proc",
+            str(num_proc),
+        ]
     return commands
 
 
@@ -124,7 +146,14 @@ def fetch_vs_step(work: Path, corpus: Path, tiny: bool) -> dict:
     forward and backward of GPT-2 124M (or TINY) at that batch, in the trainer's default dtype, eager."""
     shape, block, batch = (TINY, 32, 2) if tiny else (GPT2_124M, 1024, 12)
     shards = work / "shards"
-    prepare(corpus, shards, tokenizer="gpt2", shard_tokens=200_000 if tiny else 2_000_000, overwrite=True, log=lambda *a: None)
+    prepare(
+        corpus,
+        shards,
+        tokenizer="gpt2",
+        shard_tokens=200_000 if tiny else 2_000_000,
+        overwrite=True,
+        log=lambda *a: None,
+    )
     data = TokenData(shards)
     generator = torch.Generator().manual_seed(1337)
     fetches = []
@@ -143,9 +172,17 @@ def fetch_vs_step(work: Path, corpus: Path, tiny: bool) -> dict:
         loss.backward()
         model.zero_grad(set_to_none=True)
         steps.append(time.perf_counter() - start)
-    return {"fetch": statistics.median(fetches), "fetch_max": max(fetches), "step": steps[-1], "shards": len(data.shards["train"]),
-            "tokens": sum(map(len, data.shards["train"])), "block": block, "batch": batch, "dtype": dtype,
-            "model": "tiny" if tiny else "GPT-2 124M"}
+    return {
+        "fetch": statistics.median(fetches),
+        "fetch_max": max(fetches),
+        "step": steps[-1],
+        "shards": len(data.shards["train"]),
+        "tokens": sum(map(len, data.shards["train"])),
+        "block": block,
+        "batch": batch,
+        "dtype": dtype,
+        "model": "tiny" if tiny else "GPT-2 124M",
+    }
 
 
 def run(sizes: list[float], num_proc: int, repeats: int, tiktoken: str | None, tiny: bool) -> dict:
@@ -164,9 +201,18 @@ def run(sizes: list[float], num_proc: int, repeats: int, tiktoken: str | None, t
                     subprocess.run(["rm", "-rf", str(work / "out"), env["HF_DATASETS_CACHE"]], check=True)
             for name, results in runs.items():
                 seconds = statistics.median(r["seconds"] for r in results)
-                rows.append({"side": name, "megabytes": megabytes, "text_bytes": text_bytes, "seconds": seconds,
-                             "tokens": results[0]["tokens"], "peak_pss": statistics.median(r["peak_pss"] for r in results),
-                             "peak_rss": statistics.median(r["peak_rss"] for r in results), "repeats": repeats})
+                rows.append(
+                    {
+                        "side": name,
+                        "megabytes": megabytes,
+                        "text_bytes": text_bytes,
+                        "seconds": seconds,
+                        "tokens": results[0]["tokens"],
+                        "peak_pss": statistics.median(r["peak_pss"] for r in results),
+                        "peak_rss": statistics.median(r["peak_rss"] for r in results),
+                        "repeats": repeats,
+                    }
+                )
             if megabytes != sizes[0]:
                 corpus.unlink()
         fetch = fetch_vs_step(work, work / f"corpus-{sizes[0]}MB.jsonl", tiny)
@@ -174,8 +220,14 @@ def run(sizes: list[float], num_proc: int, repeats: int, tiktoken: str | None, t
 
 
 def _environment() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1",
-            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
 
 
 def report(results: dict, command: str) -> str:
@@ -183,9 +235,20 @@ def report(results: dict, command: str) -> str:
     by = {(r["side"], r["megabytes"]): r for r in rows}
     table = markdown_table(
         ["corpus", "side", "wall s", "MB/s", "tokens/s", "peak PSS, all processes", "largest process RSS", "runs"],
-        [[f"{r['megabytes']:g} MB", r["side"], f"{r['seconds']:.1f}", f"{r['text_bytes'] / 1e6 / r['seconds']:.2f}",
-          f"{r['tokens'] / r['seconds']:,.0f}", f"{r['peak_pss'] / 1e6:,.0f} MB", f"{r['peak_rss'] / 1e6:,.0f} MB", r["repeats"]]
-         for r in rows])
+        [
+            [
+                f"{r['megabytes']:g} MB",
+                r["side"],
+                f"{r['seconds']:.1f}",
+                f"{r['text_bytes'] / 1e6 / r['seconds']:.2f}",
+                f"{r['tokens'] / r['seconds']:,.0f}",
+                f"{r['peak_pss'] / 1e6:,.0f} MB",
+                f"{r['peak_rss'] / 1e6:,.0f} MB",
+                r["repeats"],
+            ]
+            for r in rows
+        ],
+    )
     small, large = sizes[0], sizes[-1]
     steps = list(zip(sizes, sizes[1:]))
     goal_rows = []
@@ -197,34 +260,74 @@ def report(results: dict, command: str) -> str:
             lo, hi = by[(side, m)], by[(side, n)]
             extra.append((hi["text_bytes"] - lo["text_bytes"]) / 1e6 / max(hi["seconds"] - lo["seconds"], 1e-3))
         # the same text on both sides: throughput ratio = nanoGPT's seconds / ours
-        vs = [ratio_cell(by[(NANOGPT, m)]["seconds"] / by[(side, m)]["seconds"]) for m in sizes] if (NANOGPT, small) in by else []
-        goal_rows.append([side, ratio_cell(b["peak_pss"] / a["peak_pss"]), " / ".join(f"{x:.2f}" for x in extra),
-                          " / ".join(vs) if vs and side != NANOGPT else "-"])
-    goals = markdown_table(["side", f"peak PSS {large:g} MB / {small:g} MB",
-                            f"MB/s of the extra text ({' / '.join(f'{m:g}->{n:g}' for m, n in steps)} MB)",
-                            f"throughput / nanoGPT's ({' / '.join(f'{m:g}' for m in sizes)} MB)"], goal_rows)
+        vs = (
+            [ratio_cell(by[(NANOGPT, m)]["seconds"] / by[(side, m)]["seconds"]) for m in sizes]
+            if (NANOGPT, small) in by
+            else []
+        )
+        goal_rows.append(
+            [
+                side,
+                ratio_cell(b["peak_pss"] / a["peak_pss"]),
+                " / ".join(f"{x:.2f}" for x in extra),
+                " / ".join(vs) if vs and side != NANOGPT else "-",
+            ]
+        )
+    goals = markdown_table(
+        [
+            "side",
+            f"peak PSS {large:g} MB / {small:g} MB",
+            f"MB/s of the extra text ({' / '.join(f'{m:g}->{n:g}' for m, n in steps)} MB)",
+            f"throughput / nanoGPT's ({' / '.join(f'{m:g}' for m in sizes)} MB)",
+        ],
+        goal_rows,
+    )
     f = results["fetch"]
     fetch = markdown_table(
-        ["batch fetch (median of 200)", "slowest fetch", f"{f['model']} forward + backward ({f['dtype']}, eager)", "fetch / step",
-         "shard folder"],
-        [[f"{f['fetch'] * 1e3:.3f} ms", f"{f['fetch_max'] * 1e3:.3f} ms", f"{f['step']:.2f} s", f"{100 * f['fetch'] / f['step']:.4f}%",
-          f"{f['shards']} train shards, {f['tokens']:,} tokens"]])
-    missing = "" if (NANOGPT, small) in by else ("\n\ntiktoken is not installed here: the tiktoken and nanoGPT sides were left out "
-                                                 "(`--tiktoken PATH`).")
-    return (f"{results['num_proc']} processes on every side.\n\n{table}\n\n{goals}\n\nBatch {f['batch']} x block {f['block']} "
-            f"from a shard folder (TokenData.random_batch, as the trainer draws; page cache warm):\n\n{fetch}{missing}\n\n"
-            f"Reproduce: `{command}`")
+        [
+            "batch fetch (median of 200)",
+            "slowest fetch",
+            f"{f['model']} forward + backward ({f['dtype']}, eager)",
+            "fetch / step",
+            "shard folder",
+        ],
+        [
+            [
+                f"{f['fetch'] * 1e3:.3f} ms",
+                f"{f['fetch_max'] * 1e3:.3f} ms",
+                f"{f['step']:.2f} s",
+                f"{100 * f['fetch'] / f['step']:.4f}%",
+                f"{f['shards']} train shards, {f['tokens']:,} tokens",
+            ]
+        ],
+    )
+    missing = (
+        ""
+        if (NANOGPT, small) in by
+        else ("\n\ntiktoken is not installed here: the tiktoken and nanoGPT sides were left out (`--tiktoken PATH`).")
+    )
+    return (
+        f"{results['num_proc']} processes on every side.\n\n{table}\n\n{goals}\n\n"
+        f"Batch {f['batch']} x block {f['block']} "
+        f"from a shard folder (TokenData.random_batch, as the trainer draws; page cache warm):\n\n{fetch}{missing}\n\n"
+        f"Reproduce: `{command}`"
+    )
 
 
 def benchmark(argv: list[str]) -> str:
     """Parse `argv`, run, and return the Markdown report (with the command that reproduces it)."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.prepare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", type=float, nargs="+", default=[40, 160, 640], help="corpus sizes in MB, smallest first")
     p.add_argument("--num-proc", type=int, default=os.cpu_count())
     p.add_argument("--repeats", type=int, default=1, help="timed runs of each side at each size (median)")
-    p.add_argument("--tiktoken", default=None, help="a folder tiktoken is installed in (pip install --target PATH tiktoken)")
-    p.add_argument("--tiny", action="store_true", help="tiny corpora and a tiny model: checks the code, measures nothing")
+    p.add_argument(
+        "--tiktoken", default=None, help="a folder tiktoken is installed in (pip install --target PATH tiktoken)"
+    )
+    p.add_argument(
+        "--tiny", action="store_true", help="tiny corpora and a tiny model: checks the code, measures nothing"
+    )
     args = p.parse_args(argv)
     sizes = [0.2, 0.4] if args.tiny else sorted(args.sizes)
     results = run(sizes, args.num_proc, args.repeats, args.tiktoken, args.tiny)

@@ -42,7 +42,10 @@ GPU was lent to the sessions that wrote it (its CPU dry run is in the test suite
 def section(name: str, body: str, info: dict) -> str:
     stamp = datetime.date.today().isoformat()
     machine_line = "; ".join(f"{k}: {v}" for k, v in info.items())
-    return f"<!-- bench:{name} -->\n## {SECTIONS[name]}\n\nMeasured {stamp}. {machine_line}.\n\n{body}\n<!-- /bench:{name} -->"
+    return (
+        f"<!-- bench:{name} -->\n## {SECTIONS[name]}\n\nMeasured {stamp}. {machine_line}.\n\n"
+        f"{body}\n<!-- /bench:{name} -->"
+    )
 
 
 def existing_sections(path: Path) -> dict[str, str]:

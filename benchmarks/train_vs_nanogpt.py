@@ -18,9 +18,19 @@ import time
 from pathlib import Path
 
 NANOGPT_CPU_RECIPE = [
-    "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1",
-    "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
-    "--lr_decay_iters=2000", "--dropout=0.0",
+    "config/train_shakespeare_char.py",
+    "--device=cpu",
+    "--compile=False",
+    "--eval_iters=20",
+    "--log_interval=1",
+    "--block_size=64",
+    "--batch_size=12",
+    "--n_layer=4",
+    "--n_head=4",
+    "--n_embd=128",
+    "--max_iters=2000",
+    "--lr_decay_iters=2000",
+    "--dropout=0.0",
 ]
 FINAL_EVAL = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 
@@ -43,11 +53,19 @@ def main() -> None:
     args = p.parse_args()
     data = args.nanogpt / "data" / "shakespeare_char"
     work = Path(tempfile.mkdtemp(prefix="train-vs-nanogpt-"))
-    hf = [sys.executable, "-m", "hf_nanogpt.train", "shakespeare_char_cpu", f"--data_dir={data}", f"--dtype={args.dtype}"]
+    hf = [
+        sys.executable,
+        "-m",
+        "hf_nanogpt.train",
+        "shakespeare_char_cpu",
+        f"--data_dir={data}",
+        f"--dtype={args.dtype}",
+    ]
     runs = {"nanoGPT train.py": [], f"hf_nanogpt (dtype {args.dtype})": []}
     for i in range(args.repeats):  # alternate, so both sides see the same machine load
         runs["nanoGPT train.py"].append(
-            timed([sys.executable, "train.py", *NANOGPT_CPU_RECIPE, f"--out_dir={work}/nanogpt{i}"], args.nanogpt))
+            timed([sys.executable, "train.py", *NANOGPT_CPU_RECIPE, f"--out_dir={work}/nanogpt{i}"], args.nanogpt)
+        )
         runs[f"hf_nanogpt (dtype {args.dtype})"].append(timed([*hf, f"--out_dir={work}/hf{i}"], args.nanogpt))
     base = statistics.median(w for w, _, _ in runs["nanoGPT train.py"])
     print("| run | val loss at step 2000 (each run) | wall s (median) | ratio to nanoGPT |")

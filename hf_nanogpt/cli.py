@@ -28,9 +28,10 @@ import torch
 
 def load_model_and_tokenizer(model_id: str, device: str = "cpu", dtype: str = "auto", trust_remote_code: bool = False):
     """A model folder or Hub id -> (model in eval mode on `device`, tokenizer)."""
-    import hf_nanogpt  # noqa: F401  (registers the nanogpt model type with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
+
+    import hf_nanogpt  # noqa: F401  (registers the nanogpt model type with the Auto classes)
 
     from .cpu_decode import attach_cpu_decode
 
@@ -38,7 +39,9 @@ def load_model_and_tokenizer(model_id: str, device: str = "cpu", dtype: str = "a
 
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-        raise ValueError(f"--device {device}: no CUDA device is available (torch {torch.__version__}, {build}); use --device cpu.")
+        raise ValueError(
+            f"--device {device}: no CUDA device is available (torch {torch.__version__}, {build}); use --device cpu."
+        )
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch_dtype, trust_remote_code=trust_remote_code)
@@ -50,7 +53,9 @@ def load_model_and_tokenizer(model_id: str, device: str = "cpu", dtype: str = "a
             f"Are model.safetensors and config.json complete and from the same model? Write the folder again."
         ) from err
     tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-    return attach_cpu_decode(model.to(device).eval()), tokenizer  # decoding's fastest CPU products (F.linear elsewhere)
+    return attach_cpu_decode(
+        model.to(device).eval()
+    ), tokenizer  # decoding's fastest CPU products (F.linear elsewhere)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -70,7 +75,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"the left (keep its last {block_size - 1} tokens), as nanoGPT's sample.py crops its context."
         )
     room = block_size - prompt_length
-    max_new = args.max_new_tokens if args.max_new_tokens is not None else min(model.generation_config.max_new_tokens or room, room)
+    max_new = (
+        args.max_new_tokens
+        if args.max_new_tokens is not None
+        else min(model.generation_config.max_new_tokens or room, room)
+    )
     if max_new > room:
         raise ValueError(
             f"prompt ({prompt_length} tokens) plus --max-new-tokens ({max_new}) exceeds the model's "
@@ -118,7 +127,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_convert_nanogpt(args: argparse.Namespace) -> int:
     from .conversion.nanogpt import convert_nanogpt
 
-    convert_nanogpt(args.src, args.out, tokenizer=args.tokenizer, meta=args.meta, crop_vocab=args.crop_vocab, overwrite=args.overwrite)
+    convert_nanogpt(
+        args.src,
+        args.out,
+        tokenizer=args.tokenizer,
+        meta=args.meta,
+        crop_vocab=args.crop_vocab,
+        overwrite=args.overwrite,
+    )
     push_if_requested(args, args.out)
     return 0
 
@@ -126,7 +142,13 @@ def cmd_convert_nanogpt(args: argparse.Namespace) -> int:
 def cmd_export_nanogpt(args: argparse.Namespace) -> int:
     from .conversion.nanogpt import export_nanogpt
 
-    export_nanogpt(args.model, args.out_dir, dataset=args.dataset, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    export_nanogpt(
+        args.model,
+        args.out_dir,
+        dataset=args.dataset,
+        overwrite=args.overwrite,
+        trust_remote_code=args.trust_remote_code,
+    )
     return 0
 
 
@@ -148,7 +170,9 @@ def cmd_export_gpt2(args: argparse.Namespace) -> int:
 def cmd_export_gguf(args: argparse.Namespace) -> int:
     from .conversion.gguf import export_gguf
 
-    export_gguf(args.model, args.out, outtype=args.outtype, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    export_gguf(
+        args.model, args.out, outtype=args.outtype, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code
+    )
     return 0
 
 
@@ -163,28 +187,46 @@ def cmd_convert_llmc(args: argparse.Namespace) -> int:
 def cmd_export_llmc(args: argparse.Namespace) -> int:
     from .conversion.llmc import export_llmc
 
-    export_llmc(args.model, args.out, dtype=args.dtype, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+    export_llmc(
+        args.model, args.out, dtype=args.dtype, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code
+    )
     return 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.writing import prepare
 
-    prepare(args.input, args.out_dir, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
-            text_column=args.text_column, overwrite=args.overwrite, dataset_config=args.dataset_config,
-            num_proc=args.num_proc, max_memory=args.max_memory, shard_tokens=args.shard_tokens)
+    prepare(
+        args.input,
+        args.out_dir,
+        tokenizer=args.tokenizer,
+        val_fraction=args.val_fraction,
+        text_column=args.text_column,
+        overwrite=args.overwrite,
+        dataset_config=args.dataset_config,
+        num_proc=args.num_proc,
+        max_memory=args.max_memory,
+        shard_tokens=args.shard_tokens,
+    )
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
     from .hub import push_to_hub
 
-    push_to_hub(args.model, args.repo_id, private=args.private, revision=args.revision,
-                commit_message=args.commit_message, token=args.token)
+    push_to_hub(
+        args.model,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        token=args.token,
+    )
     return 0
 
 
 # -- the parser: one function per command group; an option two commands share is declared once, below
+
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model folder or Hub repo id")
@@ -201,8 +243,13 @@ def add_trust_remote_code_option(parser: argparse.ArgumentParser, help: str | No
 
 def add_push_to_hub_options(parser: argparse.ArgumentParser) -> None:
     """--push-to-hub for commands that write a model folder (conversions, training)."""
-    parser.add_argument("--push-to-hub", "--push_to_hub", metavar="REPO_ID", default=None,
-                        help="publish the written folder as this Hub repo (token: HF_TOKEN or `hf auth login`)")
+    parser.add_argument(
+        "--push-to-hub",
+        "--push_to_hub",
+        metavar="REPO_ID",
+        default=None,
+        help="publish the written folder as this Hub repo (token: HF_TOKEN or `hf auth login`)",
+    )
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
 
@@ -252,9 +299,13 @@ def add_text_commands(sub) -> None:
     smp.add_argument("--temperature", type=float, default=0.8, help="> 0; below 1 is less random")
     smp.add_argument("--top_k", "--top-k", type=int, default=200, help="keep the k most likely tokens (0: all)")
     smp.add_argument("--seed", type=int, default=1337)
-    smp.add_argument("--kv_cache", "--kv-cache", action="store_true",
-                     help="reuse attention keys/values inside the window: faster, but float rounding can change "
-                     "rare draws, so samples may differ from nanoGPT's")
+    smp.add_argument(
+        "--kv_cache",
+        "--kv-cache",
+        action="store_true",
+        help="reuse attention keys/values inside the window: faster, but float rounding can change "
+        "rare draws, so samples may differ from nanoGPT's",
+    )
     add_model_loading_options(smp, dtype_default="float32")
     smp.set_defaults(func=cmd_sample)
 
@@ -275,7 +326,9 @@ def add_convert_commands(sub) -> None:
     cn.add_argument("out", metavar="OUT", help="model folder to write")
     cn.add_argument("--meta", default=None, help="char-level meta.pkl")
     cn.add_argument("--tokenizer", default=None, help="'gpt2', or a folder with a saved tokenizer or GPT-2 BPE files")
-    cn.add_argument("--crop-vocab", "--crop_vocab", action="store_true", help="cut the padded embedding to the tokenizer's size")
+    cn.add_argument(
+        "--crop-vocab", "--crop_vocab", action="store_true", help="cut the padded embedding to the tokenizer's size"
+    )
     add_overwrite_option(cn, "OUT")
     add_push_to_hub_options(cn)
     cn.set_defaults(func=cmd_convert_nanogpt)
@@ -303,7 +356,9 @@ def add_convert_commands(sub) -> None:
     )
     cl.add_argument("src", metavar="IN.bin", help="llm.c model file")
     cl.add_argument("out", metavar="OUT", help="model folder to write")
-    cl.add_argument("--tokenizer", default=None, help="'gpt2', a meta.pkl, or a folder with a saved tokenizer or GPT-2 BPE files")
+    cl.add_argument(
+        "--tokenizer", default=None, help="'gpt2', a meta.pkl, or a folder with a saved tokenizer or GPT-2 BPE files"
+    )
     add_overwrite_option(cl, "OUT")
     add_push_to_hub_options(cl)
     cl.set_defaults(func=cmd_convert_llmc)
@@ -318,19 +373,41 @@ def add_prepare_command(sub) -> None:
         "(of several documents, the first 90%%; of a stream, every 10th document validates). With --shard_tokens, "
         "llm.c's and modded-nanogpt's shards instead. Streams: memory does not grow with the corpus.",
     )
-    prep.add_argument("input", metavar="INPUT", help="a text file, a folder of text files, or a `datasets` data set: a "
-                      "saved folder, .json/.jsonl/.parquet/.csv files (or a folder of them), or a Hub name (streamed)")
+    prep.add_argument(
+        "input",
+        metavar="INPUT",
+        help="a text file, a folder of text files, or a `datasets` data set: a "
+        "saved folder, .json/.jsonl/.parquet/.csv files (or a folder of them), or a Hub name (streamed)",
+    )
     prep.add_argument("out_dir", metavar="OUT_DIR")
-    prep.add_argument("--tokenizer", default="char", help="char | gpt2 | a tokenizer folder or meta.pkl (default: char)")
+    prep.add_argument(
+        "--tokenizer", default="char", help="char | gpt2 | a tokenizer folder or meta.pkl (default: char)"
+    )
     prep.add_argument("--val_fraction", "--val-fraction", type=float, default=0.1)
     prep.add_argument("--text_column", "--text-column", default="text", help="column of a `datasets` data set")
-    prep.add_argument("--dataset_config", "--dataset-config", default=None,
-                      help="a Hub data set's configuration (e.g. sample-10BT of HuggingFaceFW/fineweb)")
-    prep.add_argument("--num_proc", "--num-proc", type=int, default=None, help="worker processes (default: the CPU count)")
-    prep.add_argument("--max_memory", "--max-memory", default="1GB",
-                      help="bound on the text and ids in flight, e.g. 512MB (default 1GB; the interpreter's own not counted)")
-    prep.add_argument("--shard_tokens", "--shard-tokens", default=None,
-                      help="write shards of this many tokens (e.g. 100M, llm.c's size) in llm.c's format instead of train.bin/val.bin")
+    prep.add_argument(
+        "--dataset_config",
+        "--dataset-config",
+        default=None,
+        help="a Hub data set's configuration (e.g. sample-10BT of HuggingFaceFW/fineweb)",
+    )
+    prep.add_argument(
+        "--num_proc", "--num-proc", type=int, default=None, help="worker processes (default: the CPU count)"
+    )
+    prep.add_argument(
+        "--max_memory",
+        "--max-memory",
+        default="1GB",
+        help="bound on the text and ids in flight, e.g. 512MB (default 1GB; the interpreter's own not counted)",
+    )
+    prep.add_argument(
+        "--shard_tokens",
+        "--shard-tokens",
+        default=None,
+        help=(
+            "write shards of this many tokens (e.g. 100M, llm.c's size) in llm.c's format instead of train.bin/val.bin"
+        ),
+    )
     add_overwrite_option(prep)
     prep.set_defaults(func=cmd_prepare)
 
@@ -346,7 +423,8 @@ def add_train_command(sub) -> None:
 
 
 def add_export_commands(sub) -> None:
-    """export nanogpt | gpt2 | gguf | llmc: model folders (or Hub ids, through their own code if asked) to other formats."""
+    """export nanogpt | gpt2 | gguf | llmc: model folders (or Hub ids, through their own code if asked) to other
+    formats."""
     export = sub.add_parser("export", help="export hf_nanogpt model folders to other formats")
     export_sub = export.add_subparsers(dest="target", metavar="FORMAT", required=True)
     en = export_sub.add_parser(
@@ -378,12 +456,16 @@ def add_export_commands(sub) -> None:
         description="Write one GGUF file that llama.cpp runs as GPT-2: tensors in llama.cpp's names, zero biases for "
         "bias=False, the padded vocabulary as [PAD] tokens, the tokenizer embedded (GPT-2 BPE, or char level as "
         "llama.cpp's rwkv vocabulary). llama.cpp computes the tanh GELU: an exact-GELU model is exported with a "
-        "warning giving the measured logit change. Needs the gguf package (pip install \"hf-nanogpt[gguf]\").",
+        'warning giving the measured logit change. Needs the gguf package (pip install "hf-nanogpt[gguf]").',
     )
     add_model_argument(eq)
     eq.add_argument("out", metavar="OUT.gguf", help="GGUF file to write")
-    eq.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16"],
-                    help="type of the 2-D weights (norms, biases, position_embd stay f32); default f32")
+    eq.add_argument(
+        "--outtype",
+        default="f32",
+        choices=["f32", "f16", "bf16"],
+        help="type of the 2-D weights (norms, biases, position_embd stay f32); default f32",
+    )
     add_overwrite_option(eq, "OUT.gguf")
     add_trust_remote_code_option(eq)
     eq.set_defaults(func=cmd_export_gguf)
@@ -397,7 +479,9 @@ def add_export_commands(sub) -> None:
     )
     add_model_argument(el)
     el.add_argument("out", metavar="OUT.bin", help="llm.c model file to write (train_gpt2.c reads gpt2_124M.bin)")
-    el.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="float32: version 3; bfloat16: version 5")
+    el.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="float32: version 3; bfloat16: version 5"
+    )
     add_overwrite_option(el, "OUT.bin")
     add_trust_remote_code_option(el)
     el.set_defaults(func=cmd_export_llmc)
@@ -415,9 +499,13 @@ def add_push_command(sub) -> None:
     push.add_argument("model", metavar="MODEL", help="model folder")
     push.add_argument("repo_id", metavar="REPO_ID", help="user/name or org/name")
     push.add_argument("--private", action="store_true", help="create the repo private")
-    push.add_argument("--revision", metavar="BRANCH", default=None, help="push to this branch (created from main if needed)")
+    push.add_argument(
+        "--revision", metavar="BRANCH", default=None, help="push to this branch (created from main if needed)"
+    )
     push.add_argument("--commit-message", "--commit_message", default=None)
-    push.add_argument("--token", default=None, help="a write token (default: HF_TOKEN or the token `hf auth login` saved)")
+    push.add_argument(
+        "--token", default=None, help="a write token (default: HF_TOKEN or the token `hf auth login` saved)"
+    )
     push.set_defaults(func=cmd_push)
 
 

@@ -81,7 +81,8 @@ class NanoGPTConfig(PreTrainedConfig):
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"NanoGPTConfig.n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}): "
-                f"each head gets n_embd / n_head dimensions. Pick e.g. n_embd={self.n_head * max(1, self.n_embd // self.n_head)}."
+                f"each head gets n_embd / n_head dimensions. "
+                f"Pick e.g. n_embd={self.n_head * max(1, self.n_embd // self.n_head)}."
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"NanoGPTConfig.dropout must be in [0, 1), got {self.dropout!r}.")

@@ -125,10 +125,17 @@ def main(argv=None) -> dict:
     print("-" * 60)
     print(f"saved: {out_dir} ({', '.join(sorted(p.name for p in out_dir.iterdir()))})")
     print(f"reloaded model: val loss {reloaded_val_loss:.4f} on 4 windows")
-    print(f"final loss: train {history[-1]['train']:.4f}, val {history[-1]['val']:.4f} at iter {history[-1]['iter']} "
-          f"(best val {best['val']:.4f} at iter {best['iter']}, saved; step 0: val {history[0]['val']:.4f})")
+    print(
+        f"final loss: train {history[-1]['train']:.4f}, val {history[-1]['val']:.4f} at iter {history[-1]['iter']} "
+        f"(best val {best['val']:.4f} at iter {best['iter']}, saved; step 0: val {history[0]['val']:.4f})"
+    )
     print(f"demo took {time.time() - t_start:.0f} s (training {train_seconds:.0f} s)")
-    return {"history": history, "sample": sample[0]["generated_text"], "out_dir": str(out_dir), "reloaded_val_loss": reloaded_val_loss}
+    return {
+        "history": history,
+        "sample": sample[0]["generated_text"],
+        "out_dir": str(out_dir),
+        "reloaded_val_loss": reloaded_val_loss,
+    }
 
 
 if __name__ == "__main__":

@@ -76,18 +76,24 @@ def check_model_folder(model_dir: str | os.PathLike) -> Path:
         problems += [name for name in code if name not in present]
     if not present & {"model.safetensors", "model.safetensors.index.json"}:
         problems.append("model.safetensors")
-    problems += [name for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json") if name not in present]
+    problems += [
+        name for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json") if name not in present
+    ]
     if problems:
         raise ValueError(
             f"{folder} is not a complete hf_nanogpt model folder: it lacks {', '.join(problems)} "
             f"(found {', '.join(sorted(present)) or 'nothing'}). Write it with "
-            f"hf_nanogpt.saving.save_model_folder(model, folder, tokenizer) or `hf-nanogpt convert`, which write all of these."
+            f"hf_nanogpt.saving.save_model_folder(model, folder, tokenizer) or `hf-nanogpt convert`, "
+            f"which write all of these."
         )
     return folder
 
 
 def login_help(endpoint: str) -> str:
-    return f"Create a token with write access at {endpoint}/settings/tokens, then run `hf auth login` or set HF_TOKEN (or pass --token)."
+    return (
+        f"Create a token with write access at {endpoint}/settings/tokens, then run `hf auth login` or set HF_TOKEN "
+        f"(or pass --token)."
+    )
 
 
 def check_write_access(api: HfApi, repo_id: str) -> None:
@@ -100,17 +106,22 @@ def check_write_access(api: HfApi, repo_id: str) -> None:
     except HfHubHTTPError as err:
         if err.response is not None and err.response.status_code == 401:
             reason = str(err).splitlines()[0]
-            raise HubError(f"The Hub at {api.endpoint} rejected the token ({reason}). {login_help(api.endpoint)}") from None
+            raise HubError(
+                f"The Hub at {api.endpoint} rejected the token ({reason}). {login_help(api.endpoint)}"
+            ) from None
         raise
     user = me["name"]
     if me.get("auth", {}).get("accessToken", {}).get("role") == "read":
-        raise HubError(f"This token of {user!r} is read-only, and publishing needs write access. {login_help(api.endpoint)}")
+        raise HubError(
+            f"This token of {user!r} is read-only, and publishing needs write access. {login_help(api.endpoint)}"
+        )
     namespace, _, name = repo_id.partition("/")
     namespaces = [user, *(org["name"] for org in me.get("orgs", []))]
     if namespace not in namespaces:
         raise HubError(
             f"This token belongs to {user!r}, who cannot create repos under {namespace!r} (its namespaces: "
-            f"{', '.join(namespaces)}). Push to {user}/{name}, or use a token of an account that can write to {namespace!r}."
+            f"{', '.join(namespaces)}). Push to {user}/{name}, "
+            f"or use a token of an account that can write to {namespace!r}."
         )
 
 
@@ -122,7 +133,12 @@ def staged_folder(folder: Path, card: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="hf_nanogpt-push-") as tmp:
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder)
-            if path.is_dir() or rel == Path("README.md") or rel.parts[0] in LOCAL_ONLY or any(part.startswith(".") for part in rel.parts):
+            if (
+                path.is_dir()
+                or rel == Path("README.md")
+                or rel.parts[0] in LOCAL_ONLY
+                or any(part.startswith(".") for part in rel.parts)
+            ):
                 continue
             target = Path(tmp) / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +215,9 @@ def push_to_hub(
         if repo_id.count("/") != 1:
             raise ValueError(f"{repo_id!r} is not a repo id: expected user/name or org/name")
         if secret and secret in repo_id:  # arguments mixed up: never create a repo named after the token
-            raise ValueError("the repo id holds the token: pass the token with --token or HF_TOKEN, and REPO_ID as user/name")
+            raise ValueError(
+                "the repo id holds the token: pass the token with --token or HF_TOKEN, and REPO_ID as user/name"
+            )
         check_write_access(api, repo_id)
         repo_url = str(api.create_repo(repo_id, private=private, exist_ok=True))
         if branch != "main":

@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lm_eval.__main__ import cli_evaluate
     except ImportError as err:
-        print(f"error: lm-evaluation-harness could not be imported ({err}). Install it with: {INSTALL}", file=sys.stderr)
+        print(
+            f"error: lm-evaluation-harness could not be imported ({err}). Install it with: {INSTALL}", file=sys.stderr
+        )
         return 2
     tell_lm_eval_nanogpt_is_causal()
     saved = sys.argv

@@ -109,12 +109,17 @@ def render_model_card(
         "text, and the biases of its training data. Its context is `block_size` tokens; longer inputs raise "
         "an error."
     )
-    content = f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{summary.strip()}\n\n{body}\n\n{usage_section(model_ref, prompt)}\n{limitations}\n"
+    content = (
+        f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{summary.strip()}\n\n{body}\n\n"
+        f"{usage_section(model_ref, prompt)}\n{limitations}\n"
+    )
     return str(ModelCard(content))
 
 
 # the first lines of `usage_section`, from which the model reference and prompt of a card are read back
-USAGE_REF = re.compile(r'pipeline\("text-generation", model="(?P<ref>[^"\n]*)"\)\nprint\(generator\((?P<prompt>[^\n]*)\)\[0\]')
+USAGE_REF = re.compile(
+    r'pipeline\("text-generation", model="(?P<ref>[^"\n]*)"\)\nprint\(generator\((?P<prompt>[^\n]*)\)\[0\]'
+)
 
 
 def has_metadata(card_text: str) -> bool:
@@ -156,14 +161,18 @@ def card_for_repo(folder: str | Path, repo_id: str) -> str:
 def generic_card(folder: Path, repo_id: str, notes: str = "", loss_plot: str | None = None) -> str:
     """A card for a folder that came without one: what config.json says the model is."""
     config = json.loads((folder / "config.json").read_text())
-    shape = {k: config.get(k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "activation_function")}
+    shape = {
+        k: config.get(k)
+        for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "activation_function")
+    }
     sections = {"Model": field_table(shape)}
     if notes.strip():
         sections["Notes"] = notes
     return render_model_card(
         title=repo_id.split("/")[-1],
         summary=(
-            f"A GPT in nanoGPT's architecture ({model_shape(shape['n_layer'], shape['n_head'], shape['n_embd'], shape['block_size'])}), "
+            f"A GPT in nanoGPT's architecture "
+            f"({model_shape(shape['n_layer'], shape['n_head'], shape['n_embd'], shape['block_size'])}), "
             f"in Hugging Face format by hf_nanogpt. The folder was published without a model card, so "
             f"how it was trained is not recorded here."
         ),
@@ -173,4 +182,15 @@ def generic_card(folder: Path, repo_id: str, notes: str = "", loss_plot: str | N
     )
 
 
-__all__ = ["LOSS_PLOT", "base_model_id", "card_for_repo", "field_table", "model_shape", "has_metadata", "loss_plot_section", "render_model_card", "table", "usage_section"]
+__all__ = [
+    "LOSS_PLOT",
+    "base_model_id",
+    "card_for_repo",
+    "field_table",
+    "model_shape",
+    "has_metadata",
+    "loss_plot_section",
+    "render_model_card",
+    "table",
+    "usage_section",
+]

@@ -416,7 +416,8 @@ class NanoGPTForSequenceClassification(GenericForSequenceClassification, NanoGPT
 
 
 class NanoGPTForTokenClassification(GenericForTokenClassification, NanoGPTPreTrainedModel):
-    """A linear `score` on every token's hidden state, after dropout (config.classifier_dropout, else 0.1, as GPT-2)."""
+    """A linear `score` on every token's hidden state, after dropout (config.classifier_dropout, else 0.1, as
+    GPT-2)."""
 
     base_model_prefix = "transformer"
 

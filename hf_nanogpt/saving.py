@@ -14,7 +14,9 @@ from pathlib import Path
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 
-def check_apart(out: str | os.PathLike, source: str | os.PathLike, out_name: str = "OUT", source_name: str = "SRC") -> None:
+def check_apart(
+    out: str | os.PathLike, source: str | os.PathLike, out_name: str = "OUT", source_name: str = "SRC"
+) -> None:
     """Refuse, before any work, an output that is its source, holds it or lies inside it: replacing the
     output would delete the source (a Hub id, which is no local path, is never in the way)."""
     src, dst = Path(source), Path(out)
@@ -152,4 +154,11 @@ def save_model_folder(
     return Path(out_dir)
 
 
-__all__ = ["atomic_output_dir", "check_apart", "umask_modes", "generation_config_for", "save_model_folder", "write_model_folder"]
+__all__ = [
+    "atomic_output_dir",
+    "check_apart",
+    "umask_modes",
+    "generation_config_for",
+    "save_model_folder",
+    "write_model_folder",
+]

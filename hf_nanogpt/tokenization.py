@@ -59,7 +59,9 @@ def gpt2_tokenizer(path: str | Path = GPT2_BPE_DIR) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def char_tokenizer(chars: Iterable[str] | Mapping[str, int], model_max_length: int | None = None) -> PreTrainedTokenizerFast:
+def char_tokenizer(
+    chars: Iterable[str] | Mapping[str, int], model_max_length: int | None = None
+) -> PreTrainedTokenizerFast:
     """A character-level tokenizer: `chars` is the vocabulary (ids in sorted order, as nanoGPT's
     prepare.py assigns them) or a `stoi` map from character to id (a meta.pkl's).
 
@@ -103,7 +105,10 @@ def has_gpt2_files(path: Path) -> bool:
 class _PlainDataUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, strings and numbers; refuses every other global (no code runs)."""
 
-    SAFE = {("builtins", name) for name in ("dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "bool", "bytes")}
+    SAFE = {
+        ("builtins", name)
+        for name in ("dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "bool", "bytes")
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.SAFE:

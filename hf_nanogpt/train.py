@@ -17,9 +17,10 @@ Differences from nanoGPT, each on purpose:
   number); the windows of each micro-step are drawn once for all processes and shared out, so N
   processes with batch b see exactly the windows one process with batch N*b would.
 - Training windows come from a seeded generator saved in the checkpoint, so a resumed run continues bit
-  for bit (tested on one CPU process and under FSDP on two). Every evaluation scores the same windows (`evaluation_windows`: drawn once
-  from a fixed seed, shared out among the processes), so val losses compare across runs, evaluations and
-  numbers of processes; nanoGPT draws new ones each time, from each process's own generator.
+  for bit (tested on one CPU process and under FSDP on two). Every evaluation scores the same windows
+  (`evaluation_windows`: drawn once from a fixed seed, shared out among the processes), so val losses
+  compare across runs, evaluations and numbers of processes; nanoGPT draws new ones each time, from each
+  process's own generator.
 - out_dir holds a Hugging Face model folder (the best model by val loss, or the latest with
   always_save_checkpoint) and checkpoints/, the resumable state, written to a temporary folder and
   renamed, so a kill mid-save leaves the previous checkpoint whole. Under FSDP each process writes its shard.
@@ -38,8 +39,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .training.checkpoint import (CHECKPOINTS, Preemption, check_same_optimizer, check_sharding, load_checkpoint, remove_stale_temporaries,
-                                  save_checkpoint)
+from .training.checkpoint import (
+    CHECKPOINTS,
+    Preemption,
+    check_same_optimizer,
+    check_sharding,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from .training.config import TrainConfig, check_config, load_config_file, micro_steps_per_process, parse_args
 from .training.devices import any_process, make_accelerator
 from .training.evaluation import estimate_loss, evaluation_windows
@@ -70,7 +78,10 @@ def train(cfg: TrainConfig) -> dict:
         check_same_optimizer(resume_dir, cfg)
     crop_block_size(model, cfg.block_size)
     if data.vocab_size is not None and data.vocab_size > model.config.vocab_size:
-        raise ValueError(f"{data_dir}: vocabulary of {data.vocab_size} tokens, but the model has {model.config.vocab_size} embeddings.")
+        raise ValueError(
+            f"{data_dir}: vocabulary of {data.vocab_size} tokens, "
+            f"but the model has {model.config.vocab_size} embeddings."
+        )
     tokenizer = data.tokenizer()
     trackers = tracker_names(cfg)
     accelerator, dtype = make_accelerator(cfg, trackers)
@@ -95,7 +106,12 @@ def train(cfg: TrainConfig) -> dict:
     iter_num, best_val_loss, history = 0, 1e9, []
     if resume_dir is not None:
         saved = load_checkpoint(accelerator, resume_dir, train_gen)
-        iter_num, best_val_loss, history, base_model = saved["iter_num"], saved["best_val_loss"], saved["history"], saved.get("base_model")
+        iter_num, best_val_loss, history, base_model = (
+            saved["iter_num"],
+            saved["best_val_loss"],
+            saved["history"],
+            saved.get("base_model"),
+        )
     dataset_name = cfg.dataset if cfg.data_dir is None else str(data_dir)
 
     model_written = False  # in this run: every process knows it alike (a file check could differ)
@@ -109,22 +125,32 @@ def train(cfg: TrainConfig) -> dict:
 
     tokens_per_iter = grad_accum * world * cfg.batch_size * cfg.block_size
     flops_per_iter = flops_per_token(raw_model, cfg.block_size) * tokens_per_iter / world  # per device
-    peak, peak_source = (cfg.peak_flops, "--peak_flops") if cfg.peak_flops > 0 else default_peak_flops(accelerator.device, dtype)
+    peak, peak_source = (
+        (cfg.peak_flops, "--peak_flops") if cfg.peak_flops > 0 else default_peak_flops(accelerator.device, dtype)
+    )
     if main:
-        print(f"tokens per iteration will be: {tokens_per_iter:,} ({world} process(es) x {grad_accum} micro-steps x "
-              f"{cfg.batch_size} x {cfg.block_size}); {raw_model.num_parameters() / 1e6:.2f}M parameters; "
-              f"{accelerator.device} ({accelerator.distributed_type.value}), {dtype}; MFU against {peak / 1e12:.1f} TFLOP/s ({peak_source})")
+        print(
+            f"tokens per iteration will be: {tokens_per_iter:,} ({world} process(es) x {grad_accum} micro-steps x "
+            f"{cfg.batch_size} x {cfg.block_size}); {raw_model.num_parameters() / 1e6:.2f}M parameters; "
+            f"{accelerator.device} ({accelerator.distributed_type.value}), {dtype}; "
+            f"MFU against {peak / 1e12:.1f} TFLOP/s ({peak_source})"
+        )
     if trackers:
         # tensorboard writes to out_dir/<project>: TRACKERS_DIR there, the wandb project name for wandb
-        accelerator.init_trackers(cfg.wandb_project if "wandb" in trackers else TRACKERS_DIR, config=dataclasses.asdict(cfg),
-                                  init_kwargs={"wandb": {"name": cfg.wandb_run_name}} if "wandb" in trackers else {})
+        accelerator.init_trackers(
+            cfg.wandb_project if "wandb" in trackers else TRACKERS_DIR,
+            config=dataclasses.asdict(cfg),
+            init_kwargs={"wandb": {"name": cfg.wandb_run_name}} if "wandb" in trackers else {},
+        )
     log_file = open(out_dir / LOG_FILE, "a" if resume_dir else "w") if main else None
 
     # -- the loop
     preemption = Preemption()
     stopped = None
     model.train()
-    bar = tqdm(total=cfg.max_iters + 1, initial=iter_num, desc="training", unit="iter", disable=not main, mininterval=1.0)
+    bar = tqdm(
+        total=cfg.max_iters + 1, initial=iter_num, desc="training", unit="iter", disable=not main, mininterval=1.0
+    )
     t0 = time.time()
     try:
         while True:
@@ -138,9 +164,14 @@ def train(cfg: TrainConfig) -> dict:
                 history = [h for h in history if h["iter"] != iter_num] + [{"iter": iter_num, **losses}]
                 if main:
                     bar.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                    log_record(log_file, {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
+                    log_record(
+                        log_file,
+                        {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr},
+                    )
                 if trackers:
-                    accelerator.log({"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}, step=iter_num)
+                    accelerator.log(
+                        {"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}, step=iter_num
+                    )
                 if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
                     best_val_loss = min(best_val_loss, losses["val"])
                     if iter_num > 0:
@@ -178,10 +209,21 @@ def train(cfg: TrainConfig) -> dict:
                 tok_s = tokens_per_iter / dt
                 mfu = flops_per_iter / dt / peak
                 if main:
-                    bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%", refresh=False)
-                    log_record(log_file, {"iter": iter_num, "loss": lossf, "lr": lr, "dt": dt, "tokens_per_s": tok_s, "mfu": mfu})
+                    bar.set_postfix(
+                        loss=f"{lossf:.4f}",
+                        lr=f"{lr:.2e}",
+                        tok_s=f"{tok_s:,.0f}",
+                        mfu=f"{100 * mfu:.1f}%",
+                        refresh=False,
+                    )
+                    log_record(
+                        log_file,
+                        {"iter": iter_num, "loss": lossf, "lr": lr, "dt": dt, "tokens_per_s": tok_s, "mfu": mfu},
+                    )
                 if trackers:
-                    accelerator.log({"train/iter_loss": lossf, "lr": lr, "tokens_per_s": tok_s, "mfu": mfu}, step=iter_num)
+                    accelerator.log(
+                        {"train/iter_loss": lossf, "lr": lr, "tokens_per_s": tok_s, "mfu": mfu}, step=iter_num
+                    )
             iter_num += 1
             bar.update(1)
 
@@ -200,7 +242,10 @@ def train(cfg: TrainConfig) -> dict:
     # -- the end: a model folder, a push, or the reason it stopped
     if stopped in ("SIGTERM", "SIGINT"):
         if main:
-            print(f"{stopped}: saved a checkpoint at iter {iter_num} in {out_dir / CHECKPOINTS}; resume with --init_from=resume")
+            print(
+                f"{stopped}: saved a checkpoint at iter {iter_num} in {out_dir / CHECKPOINTS}; "
+                f"resume with --init_from=resume"
+            )
     elif stopped is not None:
         accelerator.end_training()
         raise FloatingPointError(f"{stopped}: stopping; the last good checkpoint is kept in {out_dir / CHECKPOINTS}.")
@@ -211,7 +256,13 @@ def train(cfg: TrainConfig) -> dict:
         push(cfg, "hf_nanogpt training run")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return {"iter_num": iter_num, "best_val_loss": best_val_loss, "history": history, "out_dir": str(out_dir), "stopped": stopped}
+    return {
+        "iter_num": iter_num,
+        "best_val_loss": best_val_loss,
+        "history": history,
+        "out_dir": str(out_dir),
+        "stopped": stopped,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         # a second Ctrl-C in the loop, or one before it started
-        print(f"stopped by Ctrl-C at once; any complete checkpoint in {Path(cfg.out_dir) / CHECKPOINTS} is kept",
-              file=sys.stderr)
+        print(
+            f"stopped by Ctrl-C at once; any complete checkpoint in {Path(cfg.out_dir) / CHECKPOINTS} is kept",
+            file=sys.stderr,
+        )
         return 130
     return 130 if result["stopped"] == "SIGINT" else 0
 

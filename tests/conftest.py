@@ -14,6 +14,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from pathlib import Path
 
 assert "huggingface_hub" not in sys.modules, "huggingface_hub was imported before the test Hub was configured"
 from hub_server import HubServer  # noqa: E402  (stdlib only)
@@ -21,10 +22,20 @@ from hub_server import HubServer  # noqa: E402  (stdlib only)
 _HUB_TMP = tempfile.mkdtemp(prefix="hf_nanogpt-tests-")
 # the Hub's port, held (bound, not listening: connections are refused) until the `hub` fixture starts it
 _HUB_PORT_HOLDER = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-_HUB_PORT_HOLDER.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's: a forked copy cannot block it
+_HUB_PORT_HOLDER.setsockopt(
+    socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+)  # as the server's: a forked copy cannot block it
 _HUB_PORT_HOLDER.bind(("127.0.0.1", 0))
 HUB_URL = "http://127.0.0.1:%d" % _HUB_PORT_HOLDER.getsockname()[1]
-for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_XET_CACHE"):
+for name in (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_TOKEN_PATH",
+    "HF_OIDC_RESOURCE",
+    "HF_HUB_OFFLINE",
+    "HF_HUB_CACHE",
+    "HF_XET_CACHE",
+):
     os.environ.pop(name, None)
 os.environ.update(
     HF_ENDPOINT=HUB_URL,
@@ -36,7 +47,8 @@ os.environ.update(
 
 import pytest  # noqa: E402
 
-from helpers import HUB_TOKENS  # noqa: E402  (imports huggingface_hub: after the environment above)
+from helpers import FIXTURES, HUB_TOKENS, NANOGPT_FIXTURES  # noqa: E402  (imports huggingface_hub: after the environment above)
+from hf_nanogpt.data.writing import prepare  # noqa: E402
 from hf_nanogpt.tokenization import gpt2_tokenizer  # noqa: E402
 
 _hub_server: HubServer | None = None  # once the `hub` fixture has started it
@@ -64,6 +76,18 @@ def hub() -> HubServer:
     _hub_server = None
 
 
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory) -> Path:
+    """100,000 characters of Shakespeare, prepared with nanoGPT's shakespeare_char vocabulary."""
+    out = tmp_path_factory.mktemp("data") / "shakespeare_char"
+    prepare(
+        FIXTURES / "shakespeare_char" / "input_head.txt",
+        out,
+        tokenizer=str(NANOGPT_FIXTURES / "A_char_nobias" / "meta.pkl"),
+    )
+    return out
+
+
 def _hub_listening() -> bool:
     try:
         socket.create_connection(("127.0.0.1", int(HUB_URL.rsplit(":", 1)[1])), timeout=5).close()
@@ -83,7 +107,9 @@ def pytest_runtest_call(item):
     mark = len(server.request_log) if server else 0
     result = yield
     if server and len(server.request_log) > mark:
-        pytest.fail(f"{item.nodeid} sent the local Hub {server.request_log[mark:][:5]} without requesting the `hub` fixture")
+        pytest.fail(
+            f"{item.nodeid} sent the local Hub {server.request_log[mark:][:5]} without requesting the `hub` fixture"
+        )
     return result
 
 

@@ -6,13 +6,19 @@ Imported only once tests/conftest.py has pointed every Hugging Face client at th
 
 import json
 import secrets
+import socket
+import sys
 import textwrap
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 import hf_nanogpt  # noqa: F401  (registers the Auto classes)
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
+from hf_nanogpt.data.tokens import TokenData
+from hf_nanogpt.training.config import TrainConfig, load_config_file
+from hf_nanogpt.training.evaluation import evaluation_windows
 
 # tokens of the local Hub (the `hub` fixture, tests/hub_server.py); random so that a test can grep
 # outputs and files for them
@@ -20,7 +26,12 @@ WRITE_TOKEN = "hf_" + secrets.token_hex(17)  # alice, write access
 READ_TOKEN = "hf_" + secrets.token_hex(17)  # alice, read-only
 OTHER_TOKEN = "hf_" + secrets.token_hex(17)  # bob, write access to his own namespace only
 README_TOKEN = "hf_" + secrets.token_hex(17)  # your-name, as the README's examples write it (tests/test_readme.py)
-HUB_TOKENS = {WRITE_TOKEN: "alice", READ_TOKEN: {"name": "alice", "role": "read"}, OTHER_TOKEN: "bob", README_TOKEN: "your-name"}
+HUB_TOKENS = {
+    WRITE_TOKEN: "alice",
+    READ_TOKEN: {"name": "alice", "role": "read"},
+    OTHER_TOKEN: "bob",
+    README_TOKEN: "your-name",
+}
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NANOGPT_FIXTURES = FIXTURES / "nanogpt"
@@ -74,3 +85,71 @@ def model_from_nanogpt(ckpt: dict, attn_implementation: str = "sdpa") -> NanoGPT
     model.load_state_dict(ckpt["model"], strict=True)
     model.set_attn_implementation(attn_implementation)
     return model.eval()
+
+
+# -- training runs (tests/test_train.py, test_muon.py, test_distributed.py, test_data_scale.py) ---------------
+
+BIN = Path(sys.executable).parent  # the environment's console scripts (accelerate, hf-nanogpt)
+
+
+def tiny(char_data: Path, out_dir: Path, **overrides) -> TrainConfig:
+    """A small, fast run of the shakespeare_char_cpu recipe."""
+    values = dict(load_config_file("shakespeare_char_cpu"))
+    values.update(
+        out_dir=str(out_dir),
+        data_dir=str(char_data),
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        block_size=32,
+        batch_size=4,
+        max_iters=30,
+        lr_decay_iters=30,
+        warmup_iters=5,
+        eval_interval=10,
+        eval_iters=4,
+        log_interval=1,
+        log_with="none",
+        learning_rate=3e-3,
+        dtype="float32",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def as_args(cfg: TrainConfig) -> list[str]:
+    return [f"--{k}={v}" for k, v in vars(cfg).items() if v is not None]
+
+
+def read_log(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def step_losses(out_dir: Path) -> dict[int, float]:
+    return {r["iter"]: r["loss"] for r in read_log(out_dir) if "loss" in r}
+
+
+def val_losses(out_dir: Path) -> list[float]:
+    return [r["val_loss"] for r in read_log(out_dir) if "val_loss" in r]
+
+
+def one_process_evaluation(cfg: TrainConfig) -> dict[str, float]:
+    """What the trainer's evaluation gives the model in cfg.out_dir, computed here in one process: the mean
+    loss over the evaluation windows, batch by batch."""
+    model = AutoModelForCausalLM.from_pretrained(cfg.out_dir).eval()
+    data = TokenData(cfg.data_dir)
+    losses = {}
+    with torch.no_grad():
+        for split, batches in evaluation_windows(data, cfg.block_size, cfg.batch_size, cfg.eval_iters).items():
+            batch_losses = []
+            for starts in batches:
+                x, y = data.windows(split, starts, cfg.block_size)
+                batch_losses.append(model(x, shift_labels=y).loss)
+            losses[split] = torch.stack(batch_losses).mean().item()
+    return losses
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

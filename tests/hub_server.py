@@ -36,16 +36,31 @@ LFS_THRESHOLD = 10 * 1024 * 1024  # files above this size always go through LFS,
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 # the Hub's default .gitattributes: these patterns go through LFS whatever their size
-LFS_PATTERNS = "*.bin *.ckpt *.h5 *.msgpack *.npy *.npz *.onnx *.pickle *.pkl *.pt *.pth *.safetensors *.tar *.zip".split()
+LFS_PATTERNS = (
+    "*.bin *.ckpt *.h5 *.msgpack *.npy *.npz *.onnx *.pickle *.pkl *.pt *.pth *.safetensors *.tar *.zip".split()
+)
 DEFAULT_GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS)
 
 
 class HubError(Exception):
     """An HTTP error answer. `code` goes into X-Error-Code, which the client maps to its exception types."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None, extra: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict | None = None,
+        extra: dict | None = None,
+    ):
         super().__init__(message)
-        self.status, self.message, self.code, self.headers, self.extra = status, message, code, headers or {}, extra or {}
+        self.status, self.message, self.code, self.headers, self.extra = (
+            status,
+            message,
+            code,
+            headers or {},
+            extra or {},
+        )
 
 
 def now_iso() -> str:
@@ -108,7 +123,9 @@ class Store:
             (d / sub).mkdir(parents=True, exist_ok=True)
         _write_json(d / "meta.json", {"id": uuid.uuid4().hex[:24], "private": bool(private), "createdAt": now_iso()})
         _write_json(d / "refs.json", {})
-        self.write_commit(repo_id, "main", [("add", ".gitattributes", DEFAULT_GITATTRIBUTES.encode())], "initial commit", "", author)
+        self.write_commit(
+            repo_id, "main", [("add", ".gitattributes", DEFAULT_GITATTRIBUTES.encode())], "initial commit", "", author
+        )
 
     def resolve(self, repo_id: str, rev: str) -> str:
         """A branch name (or refs/heads/name) or a full or abbreviated commit sha -> commit sha."""
@@ -151,11 +168,21 @@ class Store:
                         raise HubError(400, f"LFS object {sha256} for {path} was not uploaded")
                     size = obj.stat().st_size
                     ptr = lfs_pointer(sha256, size)
-                    files[path] = {"oid": git_blob_oid(ptr), "size": size, "lfs": {"sha256": sha256, "pointerSize": len(ptr)}}
+                    files[path] = {
+                        "oid": git_blob_oid(ptr),
+                        "size": size,
+                        "lfs": {"sha256": sha256, "pointerSize": len(ptr)},
+                    }
                 elif files.pop(op[1], None) is None:  # delete
                     raise HubError(404, f"A file with this name doesn't exist: {op[1]}", code="EntryNotFound")
-            body = {"parents": [head] if head else [], "files": files, "title": title, "message": message,
-                    "author": author, "date": now_iso()}
+            body = {
+                "parents": [head] if head else [],
+                "files": files,
+                "title": title,
+                "message": message,
+                "author": author,
+                "date": now_iso(),
+            }
             sha = hashlib.sha1((json.dumps(body, sort_keys=True) + uuid.uuid4().hex).encode()).hexdigest()
             _write_json(d / "commits" / f"{sha}.json", body)
             refs[branch] = sha
@@ -297,7 +324,7 @@ class Handler(BaseHTTPRequestHandler):
         if segs[0] != "api":
             if "resolve" in segs and m in ("GET", "HEAD"):
                 i = segs.index("resolve")
-                return self._resolve(self._repo_id(segs[:i]), segs[i + 1], "/".join(segs[i + 2:]))
+                return self._resolve(self._repo_id(segs[:i]), segs[i + 1], "/".join(segs[i + 2 :]))
             raise HubError(404, "Not found")
         rest = segs[1:]
         if rest == ["whoami-v2"] and m == "GET":
@@ -334,9 +361,16 @@ class Handler(BaseHTTPRequestHandler):
         user = self._user()
         if user is None:
             raise HubError(401, "Authentication required")
-        self._json({"type": "user", "id": user["name"], "name": user["name"], "fullname": user["name"],
-                    "orgs": [{"type": "org", "name": o} for o in user["orgs"]],
-                    "auth": {"type": "access_token", "accessToken": {"displayName": "test-token", "role": user["role"]}}})
+        self._json(
+            {
+                "type": "user",
+                "id": user["name"],
+                "name": user["name"],
+                "fullname": user["name"],
+                "orgs": [{"type": "org", "name": o} for o in user["orgs"]],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "test-token", "role": user["role"]}},
+            }
+        )
 
     def _create_repo(self):
         body = self._json_body()
@@ -349,7 +383,7 @@ class Handler(BaseHTTPRequestHandler):
         if not (NAME_RE.fullmatch(name) and NAME_RE.fullmatch(ns)) or "--" in name or ".." in name:
             raise HubError(400, f"Invalid repo name {ns}/{name}")
         if not self._member(user, ns) or user["role"] != "write":
-            raise HubError(403, f"You don't have the rights to create a model under the namespace \"{ns}\"")
+            raise HubError(403, f'You don\'t have the rights to create a model under the namespace "{ns}"')
         repo_id, store = f"{ns}/{name}", self.server.hub.store
         url = f"{self.base}/{repo_id}"
         with store.lock:
@@ -403,11 +437,30 @@ class Handler(BaseHTTPRequestHandler):
             if blobs:
                 s.update(size=e["size"], blobId=e["oid"])
                 if e.get("lfs"):
-                    s["lfs"] = {"size": e["size"], "sha256": e["lfs"]["sha256"], "pointerSize": e["lfs"]["pointerSize"]}
+                    s["lfs"] = {
+                        "size": e["size"],
+                        "sha256": e["lfs"]["sha256"],
+                        "pointerSize": e["lfs"]["pointerSize"],
+                    }
             siblings.append(s)
-        self._json({"_id": meta["id"], "id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0], "sha": sha,
-                    "lastModified": commit["date"], "createdAt": meta["createdAt"], "private": meta["private"],
-                    "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings})
+        self._json(
+            {
+                "_id": meta["id"],
+                "id": repo_id,
+                "modelId": repo_id,
+                "author": repo_id.split("/")[0],
+                "sha": sha,
+                "lastModified": commit["date"],
+                "createdAt": meta["createdAt"],
+                "private": meta["private"],
+                "gated": False,
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "siblings": siblings,
+            }
+        )
 
     def _tree(self, repo_id, rev, path):
         self._repo_for_read(repo_id)
@@ -421,16 +474,27 @@ class Handler(BaseHTTPRequestHandler):
         depth = pre.count("/") + 1 if pre else 0
         selected = cands if recursive else [p for p in cands if p.count("/") == depth]
         if pre and not selected:
-            raise HubError(404, f"{pre} does not exist on \"{sha}\"", code="EntryNotFound", headers={"X-Repo-Commit": sha})
+            raise HubError(
+                404, f'{pre} does not exist on "{sha}"', code="EntryNotFound", headers={"X-Repo-Commit": sha}
+            )
         out = []
         for p in selected:
             if p in files:
                 e = files[p]
                 item = {"type": "file", "oid": e["oid"], "size": e["size"], "path": p}
                 if e.get("lfs"):
-                    item["lfs"] = {"oid": e["lfs"]["sha256"], "size": e["size"], "pointerSize": e["lfs"]["pointerSize"]}
+                    item["lfs"] = {
+                        "oid": e["lfs"]["sha256"],
+                        "size": e["size"],
+                        "pointerSize": e["lfs"]["pointerSize"],
+                    }
             else:
-                item = {"type": "directory", "oid": hashlib.sha1(f"{sha}:{p}".encode()).hexdigest(), "size": 0, "path": p}
+                item = {
+                    "type": "directory",
+                    "oid": hashlib.sha1(f"{sha}:{p}".encode()).hexdigest(),
+                    "size": 0,
+                    "path": p,
+                }
             out.append(item)
         self._json(out)
 
@@ -450,7 +514,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Range") and self.command == "GET":  # only resumed downloads send one
             raise HubError(416, "Range requests are not supported by this test server")
         self.send_response(200)
-        for k, v in {"Content-Type": "application/octet-stream", "Content-Length": str(size), "X-Request-Id": self._rid, **headers}.items():
+        for k, v in {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(size),
+            "X-Request-Id": self._rid,
+            **headers,
+        }.items():
             self.send_header(k, v)
         self.end_headers()
         if self.command == "GET" and size:
@@ -471,7 +540,14 @@ class Handler(BaseHTTPRequestHandler):
             e = files.get(path)
             # the oid of the stored file lets the client skip unchanged files (no empty commits)
             oid = (e["lfs"]["sha256"] if e.get("lfs") else e["oid"]) if e else None
-            out.append({"path": path, "uploadMode": "lfs" if lfs and size > 0 else "regular", "shouldIgnore": False, "oid": oid})
+            out.append(
+                {
+                    "path": path,
+                    "uploadMode": "lfs" if lfs and size > 0 else "regular",
+                    "shouldIgnore": False,
+                    "oid": oid,
+                }
+            )
         self._json({"files": out})
 
     def _commit(self, repo_id, rev):
@@ -506,8 +582,15 @@ class Handler(BaseHTTPRequestHandler):
         if header.get("parentCommit"):
             raise HubError(400, "parent_commit is not supported by this test server")
         sha = store.write_commit(repo_id, rev, ops, header["summary"], header.get("description", ""), user["name"])
-        self._json({"success": True, "commitOid": sha, "pullRequestUrl": None, "hookOutput": "",
-                    "commitUrl": f"{self.base}/{repo_id}/commit/{sha}"})
+        self._json(
+            {
+                "success": True,
+                "commitOid": sha,
+                "pullRequestUrl": None,
+                "hookOutput": "",
+                "commitUrl": f"{self.base}/{repo_id}/commit/{sha}",
+            }
+        )
 
     # ------------------------------------------------------------------ git-lfs (basic transfer)
     def _lfs_batch(self, repo_id):
@@ -530,9 +613,17 @@ class Handler(BaseHTTPRequestHandler):
             ticket = secrets.token_urlsafe(24)
             with hub.tickets_lock:
                 hub.tickets[ticket] = (repo_id, oid, size, time.time() + 3600)
-            objects.append({"oid": oid, "size": size, "authenticated": True, "actions": {
-                "upload": {"href": f"{self.base}/_lfs_upload/{ticket}", "expires_in": 3600},
-                "verify": {"href": f"{self.base}/{repo_id}.git/info/lfs/objects/verify"}}})
+            objects.append(
+                {
+                    "oid": oid,
+                    "size": size,
+                    "authenticated": True,
+                    "actions": {
+                        "upload": {"href": f"{self.base}/_lfs_upload/{ticket}", "expires_in": 3600},
+                        "verify": {"href": f"{self.base}/{repo_id}.git/info/lfs/objects/verify"},
+                    },
+                }
+            )
         self._json({"transfer": "basic", "objects": objects}, ctype="application/vnd.git-lfs+json")
 
     def _lfs_put(self, ticket):
@@ -617,8 +708,12 @@ def main(argv=None):
     ap.add_argument("--root", required=True)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--token", action="append", default=[], metavar="TOKEN=USER[:read]")
-    ap.add_argument("--die-during", choices=["lfs-put", "commit"], default=None,
-                    help="exit the process while receiving this request (a server crashing mid-upload)")
+    ap.add_argument(
+        "--die-during",
+        choices=["lfs-put", "commit"],
+        default=None,
+        help="exit the process while receiving this request (a server crashing mid-upload)",
+    )
     a = ap.parse_args(argv)
     tokens = {}
     for spec in a.token:

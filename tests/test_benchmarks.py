@@ -42,7 +42,9 @@ def test_bench_suite_runs_on_tiny_models(tmp_path):
     assert all(abs(float(b) / float(a) - 1) < 0.05 for _, a, b in accuracy)  # bfloat16 is close, not equal
 
     # B2: four runs per shape with step times and FLOP/s, and a loss-curve row whose two curves agree
-    steps = re.findall(r"^\| tiny \(block 32, batch 2\) \| [^|]+ \| ([\d.]+) \| [\d,]+ \| [\d.]+ \(\d+% of \w+ mm\) \|", text, re.M)
+    steps = re.findall(
+        r"^\| tiny \(block 32, batch 2\) \| [^|]+ \| ([\d.]+) \| [\d,]+ \| [\d.]+ \(\d+% of \w+ mm\) \|", text, re.M
+    )
     assert len(steps) == 4 and all(float(ms) > 0 for ms in steps)
     curve = re.search(r"^\| tiny \| 12 \| ([\d.e+-]+) \| ([\d.]+) / ([\d.]+) \| ([\d.]+) / ([\d.]+) \|", text, re.M)
     assert curve, text
@@ -50,11 +52,29 @@ def test_bench_suite_runs_on_tiny_models(tmp_path):
     assert abs(float(curve.group(4)) - float(curve.group(5))) < 0.5
 
     # B3: both conversions with a peak RSS
-    assert len(re.findall(r"^\| (GPT-2|nanoGPT) -> hf_nanogpt \| .+ \| [\d.]+x \| [\d.]+ GB \| [\d.]+x \| 1 \|", text, re.M)) == 2
+    assert (
+        len(
+            re.findall(
+                r"^\| (GPT-2|nanoGPT) -> hf_nanogpt \| .+ \| [\d.]+x \| [\d.]+ GB \| [\d.]+x \| 1 \|", text, re.M
+            )
+        )
+        == 2
+    )
 
     # a second run of one benchmark keeps the others' sections
     before = text
-    cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--repeats", "1", "--only", "conversion", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--tiny",
+        "--repeats",
+        "1",
+        "--only",
+        "conversion",
+        "--out",
+        str(out),
+    ]
     assert subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
     after = out.read_text()
     generation_section = re.search(r"<!-- bench:generation -->.*<!-- /bench:generation -->", before, re.S).group(0)

@@ -46,7 +46,9 @@ def test_int_dropout_accepted():
 
 
 def test_roundtrip_and_autoconfig(tmp_path):
-    c = NanoGPTConfig(vocab_size=78, n_layer=2, n_head=4, n_embd=64, block_size=64, bias=False, activation_function="gelu_new")
+    c = NanoGPTConfig(
+        vocab_size=78, n_layer=2, n_head=4, n_embd=64, block_size=64, bias=False, activation_function="gelu_new"
+    )
     c.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert type(loaded) is NanoGPTConfig

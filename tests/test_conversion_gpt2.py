@@ -6,7 +6,15 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from helpers import NANOGPT_FIXTURES, load_nanogpt_fixture
 from hf_nanogpt import NanoGPTForCausalLM, cli
@@ -40,7 +48,14 @@ def test_parity_with_gpt2lmheadmodel(tmp_path, variant, prompt):
     ours = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert isinstance(ours, NanoGPTForCausalLM)
     c = ours.config
-    assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size, c.bias) == (n_layer, n_head, 8 * n_head, 128, 50257, True)
+    assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size, c.bias) == (
+        n_layer,
+        n_head,
+        8 * n_head,
+        128,
+        50257,
+        True,
+    )
     assert c.activation_function == "gelu_new"
     ids = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -53,7 +68,9 @@ def test_parity_with_gpt2lmheadmodel(tmp_path, variant, prompt):
 def test_settings_carried(tmp_path):
     make_gpt2(tmp_path / "src", 2, 4, layer_norm_epsilon=1e-6, activation_function="gelu_new")
     gpt2_tokenizer().save_pretrained(tmp_path / "src")
-    GenerationConfig(bos_token_id=50256, eos_token_id=50256, do_sample=True, top_p=0.9, repetition_penalty=1.2).save_pretrained(tmp_path / "src")
+    GenerationConfig(
+        bos_token_id=50256, eos_token_id=50256, do_sample=True, top_p=0.9, repetition_penalty=1.2
+    ).save_pretrained(tmp_path / "src")
     assert cli.main(["convert", "gpt2", str(tmp_path / "src"), str(tmp_path / "out")]) == 0
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["layer_norm_epsilon"] == 1e-6 and config["block_size"] == 128
@@ -77,7 +94,10 @@ def test_pytorch_bin_with_hub_style_keys_and_buffers(tmp_path, prompt):
     torch.save(state, tmp_path / "src" / "pytorch_model.bin")
     convert_gpt2(tmp_path / "src", tmp_path / "out")
     ours = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
-    assert torch.equal(ours.generate(prompt, max_new_tokens=20, do_sample=False), gpt2.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=50256))
+    assert torch.equal(
+        ours.generate(prompt, max_new_tokens=20, do_sample=False),
+        gpt2.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=50256),
+    )
 
 
 def test_sharded_safetensors(tmp_path):
@@ -88,7 +108,9 @@ def test_sharded_safetensors(tmp_path):
     convert_gpt2(tmp_path / "src", tmp_path / "out")
     ids = torch.randint(0, 50257, (1, 16))
     with torch.no_grad():
-        assert (AutoModelForCausalLM.from_pretrained(tmp_path / "out")(ids).logits - gpt2(ids).logits).abs().max() <= 1e-5
+        assert (
+            AutoModelForCausalLM.from_pretrained(tmp_path / "out")(ids).logits - gpt2(ids).logits
+        ).abs().max() <= 1e-5
 
 
 def test_gpt2_round_trip_is_exact(tmp_path):
@@ -138,7 +160,9 @@ def test_nanogpt_fixtures_exported_to_gpt2_keep_nanogpts_logits(tmp_path, name):
 
 
 def test_not_gpt2(tmp_path):
-    LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64)).save_pretrained(tmp_path / "llama")
+    LlamaForCausalLM(
+        LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64)
+    ).save_pretrained(tmp_path / "llama")
     with pytest.raises(ConversionError, match=r"config\.json: model_type is 'llama', expected 'gpt2'"):
         convert_gpt2(tmp_path / "llama", tmp_path / "out")
     assert sorted(os.listdir(tmp_path)) == ["llama"]

@@ -30,8 +30,20 @@ from hf_nanogpt.tokenization import char_tokenizer, gpt2_tokenizer
 L, NH, C, MAX_T, V = 2, 4, 32, 64, 50257
 VP = 50304  # llm.c's padding of 50257 to a multiple of 128
 # train_gpt2.py write_tensors: after wte and wpe, each of these for every layer, then ln_f weight and bias
-PER_LAYER = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
-             "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+PER_LAYER = (
+    "ln_1.weight",
+    "ln_1.bias",
+    "attn.c_attn.weight",
+    "attn.c_attn.bias",
+    "attn.c_proj.weight",
+    "attn.c_proj.bias",
+    "ln_2.weight",
+    "ln_2.bias",
+    "mlp.c_fc.weight",
+    "mlp.c_fc.bias",
+    "mlp.c_proj.weight",
+    "mlp.c_proj.bias",
+)
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # (in, out) in GPT-2
 
 
@@ -41,7 +53,16 @@ def write_llmc_file(path, gpt2: GPT2LMHeadModel, dtype: str = "float32") -> None
     vocab = cfg.vocab_size
     padded = ((vocab + 127) // 128) * 128
     header = np.zeros(256, dtype=np.int32)
-    header[:8] = [20240326, {"float32": 3, "bfloat16": 5}[dtype], cfg.n_positions, vocab, cfg.n_layer, cfg.n_head, cfg.n_embd, padded]
+    header[:8] = [
+        20240326,
+        {"float32": 3, "bfloat16": 5}[dtype],
+        cfg.n_positions,
+        vocab,
+        cfg.n_layer,
+        cfg.n_head,
+        cfg.n_embd,
+        padded,
+    ]
     tensors = [F.pad(sd["transformer.wte.weight"], (0, 0, 0, padded - vocab)), sd["transformer.wpe.weight"]]
     for name in PER_LAYER:
         for i in range(cfg.n_layer):
@@ -52,7 +73,11 @@ def write_llmc_file(path, gpt2: GPT2LMHeadModel, dtype: str = "float32") -> None
         f.write(header.tobytes())
         for t in tensors:
             t = t.detach().cpu().contiguous()
-            f.write(t.to(torch.bfloat16).view(torch.int16).numpy().tobytes() if dtype == "bfloat16" else t.float().numpy().tobytes())
+            f.write(
+                t.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+                if dtype == "bfloat16"
+                else t.float().numpy().tobytes()
+            )
 
 
 def train_gpt2_c_check(path) -> dict:
@@ -63,11 +88,37 @@ def train_gpt2_c_check(path) -> dict:
     assert header[1] == 3, "Bad version in model file"
     maxT, vocab, layers, heads, channels, padded = (int(x) for x in header[2:8])
     assert not header[8:].any()
-    sizes = [padded * channels, maxT * channels] + [layers * s for s in (
-        channels, channels, 3 * channels * channels, 3 * channels, channels * channels, channels,
-        channels, channels, 4 * channels * channels, 4 * channels, channels * 4 * channels, channels)] + [channels, channels]
+    sizes = (
+        [padded * channels, maxT * channels]
+        + [
+            layers * s
+            for s in (
+                channels,
+                channels,
+                3 * channels * channels,
+                3 * channels,
+                channels * channels,
+                channels,
+                channels,
+                channels,
+                4 * channels * channels,
+                4 * channels,
+                channels * 4 * channels,
+                channels,
+            )
+        ]
+        + [channels, channels]
+    )
     assert os.path.getsize(path) == 1024 + 4 * sum(sizes)
-    return {"maxT": maxT, "V": vocab, "L": layers, "NH": heads, "C": channels, "Vp": padded, "num_parameters": sum(sizes)}
+    return {
+        "maxT": maxT,
+        "V": vocab,
+        "L": layers,
+        "NH": heads,
+        "C": channels,
+        "Vp": padded,
+        "num_parameters": sum(sizes),
+    }
 
 
 def make_gpt2(seed=0, vocab_size=V) -> GPT2LMHeadModel:
@@ -109,8 +160,10 @@ def test_convert_matches_gpt2lmheadmodel(llmc_file):
         assert (logits[..., :V] - gpt2(ids).logits).abs().max() <= 1e-5
     assert not ours.transformer.wte.weight[V:].any()  # the padding rows, zero as llm.c writes them, are kept
     prompt = torch.tensor([gpt2_tokenizer()("Hello, I'm a language model,").input_ids])
-    assert torch.equal(ours.generate(prompt, max_new_tokens=20, do_sample=False),
-                       gpt2.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=50256))
+    assert torch.equal(
+        ours.generate(prompt, max_new_tokens=20, do_sample=False),
+        gpt2.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=50256),
+    )
 
 
 def test_padded_vocabulary_is_never_generated(llmc_file):
@@ -142,10 +195,20 @@ def test_ours_to_llmc_to_ours_keeps_every_tensor(tmp_path):
     save_model_folder(model, tmp_path / "src", gpt2_tokenizer())
     export_llmc(tmp_path / "src", tmp_path / "model.bin")
     read = train_gpt2_c_check(tmp_path / "model.bin")
-    assert {k: read[k] for k in ("maxT", "V", "L", "NH", "C", "Vp")} == {"maxT": MAX_T, "V": V, "L": 2, "NH": 4, "C": 32, "Vp": VP}
+    assert {k: read[k] for k in ("maxT", "V", "L", "NH", "C", "Vp")} == {
+        "maxT": MAX_T,
+        "V": V,
+        "L": 2,
+        "NH": 4,
+        "C": 32,
+        "Vp": VP,
+    }
     assert read["num_parameters"] == model.num_parameters()  # tied lm_head counted once, as llm.c stores it
     convert_llmc(tmp_path / "model.bin", tmp_path / "back")
-    before, after = load_file(tmp_path / "src" / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    before, after = (
+        load_file(tmp_path / "src" / "model.safetensors"),
+        load_file(tmp_path / "back" / "model.safetensors"),
+    )
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -171,11 +234,15 @@ def test_bias_false_exact_gelu_exports_with_zero_biases_and_a_warning(tmp_path):
     assert back.config.bias is True and back.config.activation_function == "gelu_new"
     state = back.state_dict()
     biases = [k for k in state if k.endswith(".bias")]
-    assert len(biases) == 6 * L + 1 and all(not state[k].any() for k in biases)  # 2 LayerNorms and 4 Linears a layer, ln_f
+    assert len(biases) == 6 * L + 1 and all(
+        not state[k].any() for k in biases
+    )  # 2 LayerNorms and 4 Linears a layer, ln_f
     for key, tensor in model.state_dict().items():
         assert torch.equal(state[key], tensor)
     with torch.no_grad():
-        assert (back(ids).logits - tanh_model(ids).logits).abs().max() <= 1e-5 * max(1, tanh_model(ids).logits.abs().max())
+        assert (back(ids).logits - tanh_model(ids).logits).abs().max() <= 1e-5 * max(
+            1, tanh_model(ids).logits.abs().max()
+        )
 
 
 def test_bfloat16_both_ways(llmc_file, tmp_path):
@@ -204,7 +271,10 @@ def test_char_model_padded_to_128(tmp_path):
     read = train_gpt2_c_check(tmp_path / "char.bin")
     assert (read["V"], read["Vp"]) == (len(chars), 128)
     wte = np.fromfile(tmp_path / "char.bin", dtype=np.float32, count=128 * C, offset=1024).reshape(128, C)
-    assert np.array_equal(wte[: len(chars)], model.transformer.wte.weight.detach().numpy()) and not wte[len(chars):].any()
+    assert (
+        np.array_equal(wte[: len(chars)], model.transformer.wte.weight.detach().numpy())
+        and not wte[len(chars) :].any()
+    )
 
     with pytest.raises(ConversionError, match=r"V = 14 tokens, not GPT-2's 50257.*--tokenizer"):
         convert_llmc(tmp_path / "char.bin", tmp_path / "back")
@@ -215,7 +285,9 @@ def test_char_model_padded_to_128(tmp_path):
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "back")
     assert back.config.vocab_size == 128
     assert GenerationConfig.from_pretrained(tmp_path / "back").suppress_tokens == list(range(len(chars), 128))
-    assert AutoTokenizer.from_pretrained(tmp_path / "back")("hello").input_ids == char_tokenizer(chars)("hello").input_ids
+    assert (
+        AutoTokenizer.from_pretrained(tmp_path / "back")("hello").input_ids == char_tokenizer(chars)("hello").input_ids
+    )
 
 
 def corrupt(tmp_path, src, edit) -> str:
@@ -228,8 +300,9 @@ def corrupt(tmp_path, src, edit) -> str:
 
 def set_header(index, value):
     def edit(data):
-        data[4 * index: 4 * index + 4] = np.int32(value).tobytes()
+        data[4 * index : 4 * index + 4] = np.int32(value).tobytes()
         return data
+
     return edit
 
 
@@ -277,7 +350,10 @@ def test_cli_both_ways(llmc_file, tmp_path, capsys):
     assert cli.main(["export", "llmc", str(converted), str(tmp_path / "gpt2_124M.bin")]) == 0
     assert "wrote" in capsys.readouterr().out
     assert (tmp_path / "gpt2_124M.bin").read_bytes() == src.read_bytes()
-    assert cli.main(["convert", "llmc", str(tmp_path / "gpt2_124M.bin"), str(tmp_path / "hf"), "--tokenizer", "gpt2"]) == 0
+    assert (
+        cli.main(["convert", "llmc", str(tmp_path / "gpt2_124M.bin"), str(tmp_path / "hf"), "--tokenizer", "gpt2"])
+        == 0
+    )
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["activation_function"] == "gelu_new"
     with pytest.raises(SystemExit) as exit_:
         cli.main(["convert", "llmc", str(tmp_path / "gpt2_124M.bin"), str(tmp_path / "hf")])
@@ -313,15 +389,22 @@ int main(int argc, char **argv) {
 """
 
 
-@pytest.mark.skipif(not os.environ.get("LLMC"), reason="set LLMC=path/to/llm.c (a checkout) to run llm.c's train_gpt2.c on an export")
+@pytest.mark.skipif(
+    not os.environ.get("LLMC"), reason="set LLMC=path/to/llm.c (a checkout) to run llm.c's train_gpt2.c on an export"
+)
 def test_llmc_train_gpt2_c_runs_the_export(tmp_path):
     llmc = os.environ["LLMC"]
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         pytest.skip("no C compiler")
     (tmp_path / "harness.c").write_text(HARNESS)
-    subprocess.run([compiler, "-O2", "-I", llmc, str(tmp_path / "harness.c"), "-lm", "-o", str(tmp_path / "harness")],
-                   check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [compiler, "-O2", "-I", llmc, str(tmp_path / "harness.c"), "-lm", "-o", str(tmp_path / "harness")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     model = tiny_model(seed=6, vocab_size=VP, block_size=MAX_T, activation_function="gelu_new")
     with torch.no_grad():
         for p in model.parameters():
@@ -329,11 +412,23 @@ def test_llmc_train_gpt2_c_runs_the_export(tmp_path):
     save_model_folder(model, tmp_path / "src", gpt2_tokenizer())
     export_llmc(tmp_path / "src", tmp_path / "gpt2_124M.bin")
     ids = probe()[0, :16]
-    subprocess.run([str(tmp_path / "harness"), str(tmp_path / "gpt2_124M.bin"), str(tmp_path / "logits.bin"), *map(str, ids.tolist())],
-                   check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [
+            str(tmp_path / "harness"),
+            str(tmp_path / "gpt2_124M.bin"),
+            str(tmp_path / "logits.bin"),
+            *map(str, ids.tolist()),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     theirs = torch.from_numpy(np.fromfile(tmp_path / "logits.bin", dtype=np.float32).reshape(len(ids), VP))
     with torch.no_grad():
         ours = model(ids[None]).logits[0]
     diff = (theirs - ours).abs().max().item()
-    print(f"llm.c train_gpt2.c vs hf_nanogpt: max |logits difference| = {diff:.3e} (max |logit| {ours.abs().max():.2f})")
+    print(
+        f"llm.c train_gpt2.c vs hf_nanogpt: max |logits difference| = {diff:.3e} (max |logit| {ours.abs().max():.2f})"
+    )
     assert diff <= 1e-4 * max(1.0, ours.abs().max().item())

@@ -47,16 +47,32 @@ def only(path: Path) -> list[str]:
 @pytest.mark.parametrize("name", [A, B])
 def test_folder_contents(converted, name):
     folder = converted / name
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md",
-            "modeling_nanogpt.py", "configuration_nanogpt.py", "nanogpt.json"} <= set(only(folder))
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "README.md",
+        "modeling_nanogpt.py",
+        "configuration_nanogpt.py",
+        "nanogpt.json",
+    } <= set(only(folder))
     assert only(converted) == [A, B]  # no temporary folders left behind
     config = json.loads((folder / "config.json").read_text())
     assert config["activation_function"] == "gelu" and config["model_type"] == "nanogpt"
     card = (folder / "README.md").read_text()
     info = json.loads((NANOGPT_FIXTURES / name / "info.json").read_text())
-    for needle in ["library_name: transformers", "pipeline_tag: text-generation", "nanogpt", "ckpt.pt",
-                   str(info["iter_num"]), f"{info['best_val_loss']:.4f}", info["config"]["dataset"],
-                   f"n_layer={info['model_args']['n_layer']}", "trust_remote_code=True"]:
+    for needle in [
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "nanogpt",
+        "ckpt.pt",
+        str(info["iter_num"]),
+        f"{info['best_val_loss']:.4f}",
+        info["config"]["dataset"],
+        f"n_layer={info['model_args']['n_layer']}",
+        "trust_remote_code=True",
+    ]:
         assert needle in card, needle
 
 
@@ -78,7 +94,7 @@ def test_converted_folder_reproduces_nanogpt(converted, name):
     prompt = tok(greedy["prompt_text"], return_tensors="pt")
     assert prompt.input_ids[0].tolist() == greedy["prompt_ids"]
     out = model.generate(**prompt, max_new_tokens=40, do_sample=False, suppress_tokens=None)
-    assert out[0, len(greedy["prompt_ids"]):].tolist() == greedy["new_ids"]
+    assert out[0, len(greedy["prompt_ids"]) :].tolist() == greedy["new_ids"]
     assert tok.decode(out[0]) == greedy["text"]
 
 
@@ -182,8 +198,10 @@ def nanogpt_optimizer_groups(model_args: dict):
     model = NanoGPTForCausalLM(NanoGPTConfig(**model_args))
     params = dict(model.named_parameters())
     return torch.optim.AdamW(
-        [{"params": [p for p in params.values() if p.dim() >= 2], "weight_decay": 0.1},
-         {"params": [p for p in params.values() if p.dim() < 2], "weight_decay": 0.0}],
+        [
+            {"params": [p for p in params.values() if p.dim() >= 2], "weight_decay": 0.1},
+            {"params": [p for p in params.values() if p.dim() < 2], "weight_decay": 0.0},
+        ],
         lr=1e-3,
     )
 
@@ -215,7 +233,9 @@ def test_round_trip_is_exact_and_resumable(converted, tmp_path, name):
 def test_export_refuses_other_models_and_existing_output(converted, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=50, n_positions=16)).save_pretrained(tmp_path / "gpt2")
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=50, n_positions=16)).save_pretrained(
+        tmp_path / "gpt2"
+    )
     with pytest.raises(ValueError, match="model_type 'gpt2'"):
         export_nanogpt(tmp_path / "gpt2", tmp_path / "x")
     (tmp_path / "exists").mkdir()
@@ -237,7 +257,14 @@ def sample_blocks(text: str) -> str:
 @pytest.mark.parametrize("name", [A, B])
 @pytest.mark.parametrize("kv_cache", [False, True])
 def test_sample_prints_what_nanogpt_sample_py_prints(converted, name, kv_cache, capsys):
-    args = ["sample", str(converted / name), "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=100", "--seed=1337"]
+    args = [
+        "sample",
+        str(converted / name),
+        "--start=ROMEO:",
+        "--num_samples=2",
+        "--max_new_tokens=100",
+        "--seed=1337",
+    ]
     assert cli.main(args + (["--kv_cache"] if kv_cache else [])) == 0
     expected = sample_blocks((NANOGPT_FIXTURES / name / "sample.txt").read_text(encoding="utf-8"))
     assert capsys.readouterr().out == expected
@@ -245,12 +272,27 @@ def test_sample_prints_what_nanogpt_sample_py_prints(converted, name, kv_cache, 
 
 def test_sample_start_from_file_and_defaults(converted, tmp_path, capsys):
     (tmp_path / "prompt.txt").write_text("ROMEO:", encoding="utf-8")
-    cli.main(["sample", str(converted / A), f"--start=FILE:{tmp_path / 'prompt.txt'}", "--num_samples=2", "--max_new_tokens=100"])
+    cli.main(
+        [
+            "sample",
+            str(converted / A),
+            f"--start=FILE:{tmp_path / 'prompt.txt'}",
+            "--num_samples=2",
+            "--max_new_tokens=100",
+        ]
+    )
     expected = sample_blocks((NANOGPT_FIXTURES / A / "sample.txt").read_text(encoding="utf-8"))
     assert capsys.readouterr().out == expected  # seed 1337 is the default
     parser = cli.build_parser()
     d = parser.parse_args(["sample", "m"])
-    assert (d.start, d.num_samples, d.max_new_tokens, d.temperature, d.top_k, d.seed) == ("\n", 10, 500, 0.8, 200, 1337)
+    assert (d.start, d.num_samples, d.max_new_tokens, d.temperature, d.top_k, d.seed) == (
+        "\n",
+        10,
+        500,
+        0.8,
+        200,
+        1337,
+    )
 
 
 def test_sample_bad_temperature(converted):
@@ -307,7 +349,9 @@ def test_meta_pkl_with_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open(tmp_path / "meta.pkl", "wb") as f:
         pickle.dump({"vocab_size": 1, "stoi": {"a": 0}, "itos": {0: "a"}, "x": Exploit()}, f)
-    with pytest.raises(ValueError, match=r"meta\.pkl.*refusing to load posix\.system|meta\.pkl.*refusing to load os\.system"):
+    with pytest.raises(
+        ValueError, match=r"meta\.pkl.*refusing to load posix\.system|meta\.pkl.*refusing to load os\.system"
+    ):
         convert_nanogpt(NANOGPT_FIXTURES / A, tmp_path / "out", meta=str(tmp_path / "meta.pkl"))
     assert not (tmp_path / "pwned").exists()
     assert_nothing_written(tmp_path, ["meta.pkl"])

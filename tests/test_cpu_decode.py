@@ -38,7 +38,9 @@ def test_decode_matmul_is_timed_once_per_shape_and_kept_only_past_the_margin(mon
     monkeypatch.setattr(d, "DECODE_CHOICE", {})
     timed = []
     seconds = {"linear": 1.0, "row_blocks": 0.95, "one_row": 0.5}
-    monkeypatch.setattr(d, "time_products", lambda products, *a: timed.extend(products) or {n: seconds[n] for n in products})
+    monkeypatch.setattr(
+        d, "time_products", lambda products, *a: timed.extend(products) or {n: seconds[n] for n in products}
+    )
     weight = torch.randn(40, 16)
     threads = torch.get_num_threads()
     try:
@@ -78,7 +80,9 @@ def test_decode_matmul_only_for_cpu_inference_on_few_rows(monkeypatch):
             layer(x)
         torch.compile(layer, backend="eager", fullgraph=True)(x)  # traced: F.linear
         assert chosen == [(1, 1, 16)]
-        torch.testing.assert_close(layer.to(torch.bfloat16)(x.bfloat16()), F.linear(x.bfloat16(), layer.weight, layer.bias))
+        torch.testing.assert_close(
+            layer.to(torch.bfloat16)(x.bfloat16()), F.linear(x.bfloat16(), layer.weight, layer.bias)
+        )
         assert chosen == [(1, 1, 16), (1, 1, 16)]
 
 
@@ -90,7 +94,9 @@ def test_greedy_tokens_do_not_depend_on_the_decode_matmul(monkeypatch):
     try:
         torch.set_num_threads(2)
         for name in d.DECODE_MATMULS:
-            monkeypatch.setattr(d, "decode_matmul", lambda x, w, b: name if name != "one_row" or x.numel() == w.shape[1] else "linear")
+            monkeypatch.setattr(
+                d, "decode_matmul", lambda x, w, b: name if name != "one_row" or x.numel() == w.shape[1] else "linear"
+            )
             outputs[name] = model.generate(prompt, max_new_tokens=20, do_sample=False)
             outputs[name + ", one row"] = model.generate(prompt[:1], max_new_tokens=20, do_sample=False)
     finally:
@@ -116,7 +122,10 @@ def test_attaching_leaves_weights_and_saved_folder_alone(tmp_path):
         assert (tmp_path / "attached" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
     saved_code = "".join(p.read_text() for p in (tmp_path / "attached").glob("*.py"))
     assert "cpu_decode" not in saved_code and "DecodeLinear" not in saved_code
-    assert sorted(p.name for p in (tmp_path / "attached").glob("*.py")) == ["configuration_nanogpt.py", "modeling_nanogpt.py"]
+    assert sorted(p.name for p in (tmp_path / "attached").glob("*.py")) == [
+        "configuration_nanogpt.py",
+        "modeling_nanogpt.py",
+    ]
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "attached")
     assert type(reloaded.lm_head) is nn.Linear  # the loaded model is plain; attaching is the loader's choice
 

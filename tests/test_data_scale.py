@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import FIXTURES
+from helpers import FIXTURES, step_losses, tiny, val_losses
 from hf_nanogpt import cli
 from hf_nanogpt.data.encoding import cut_rule, newline_cut
 from hf_nanogpt.data.shards import read_shard, write_shard
@@ -22,15 +22,40 @@ from hf_nanogpt.data.writing import prepare
 from hf_nanogpt.tokenization import GPT2_EOS, char_tokenizer, gpt2_tokenizer
 from hf_nanogpt.train import train
 from hf_nanogpt.training.evaluation import evaluation_windows
-from test_train import step_losses, tiny, val_losses
 
 pytestmark = pytest.mark.slow
 
 # what makes GPT-2's pre-tokenizer hard to cut: blank lines, runs of spaces and tabs, white space of every kind
 # (\r, \x85, no-break and ideographic spaces, \x1c which str.isspace calls space and the regex does not),
 # contractions, digits, punctuation, letters and emoji outside ASCII, and a literal <|endoftext|>
-PIECES = ["word", "Zebra", " ", "  ", "\t", "\n", "\n\n", " \n", "\n ", "'s", "'ll", "42", "7", ".", "!?", ",", "é", "日本語",
-          "😀", "\r", "\x85", "\xa0", "\u3000", "\u2028", "\x1c", GPT2_EOS]
+PIECES = [
+    "word",
+    "Zebra",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\n\n",
+    " \n",
+    "\n ",
+    "'s",
+    "'ll",
+    "42",
+    "7",
+    ".",
+    "!?",
+    ",",
+    "é",
+    "日本語",
+    "😀",
+    "\r",
+    "\x85",
+    "\xa0",
+    "\u3000",
+    "\u2028",
+    "\x1c",
+    GPT2_EOS,
+]
 
 
 def tricky_text(n: int, seed: int) -> str:
@@ -88,17 +113,24 @@ def test_a_gpt2_text_cut_before_a_newline_after_a_non_space_encodes_as_the_whole
 
 @pytest.mark.parametrize("num_proc", [1, 2])
 def test_a_text_file_streamed_in_pieces_equals_its_halves_encoded_whole(tmp_path, num_proc):
-    (tmp_path / "input.txt").write_text("".join(tricky_text(3_000, seed) + "\n" for seed in range(20)), encoding="utf-8")
+    (tmp_path / "input.txt").write_text(
+        "".join(tricky_text(3_000, seed) + "\n" for seed in range(20)), encoding="utf-8"
+    )
     text = (tmp_path / "input.txt").read_text(encoding="utf-8")  # 120k characters, 280 kB (\r read as \n)
     n = int(len(text) * 0.9)
     # 16KB of --max_memory: pieces of 4k characters, a hundred of them
     info = prepare(tmp_path / "input.txt", tmp_path / "bpe", tokenizer="gpt2", num_proc=num_proc, max_memory="16KB")
-    assert split_bytes(tmp_path / "bpe") == {"train": as_bytes(ordinary(text[:n])), "val": as_bytes(ordinary(text[n:]))}
+    assert split_bytes(tmp_path / "bpe") == {
+        "train": as_bytes(ordinary(text[:n])),
+        "val": as_bytes(ordinary(text[n:])),
+    }
     assert info["train"] == len(ordinary(text[:n]))
     prepare(tmp_path / "input.txt", tmp_path / "char", tokenizer="char", num_proc=num_proc, max_memory="16KB")
     stoi = {ch: i for i, ch in enumerate(sorted(set(text)))}
-    assert split_bytes(tmp_path / "char") == {"train": as_bytes([stoi[c] for c in text[:n]]),
-                                              "val": as_bytes([stoi[c] for c in text[n:]])}
+    assert split_bytes(tmp_path / "char") == {
+        "train": as_bytes([stoi[c] for c in text[:n]]),
+        "val": as_bytes([stoi[c] for c in text[n:]]),
+    }
 
 
 def test_a_folder_and_data_sets_streamed_equal_their_documents_encoded_whole(tmp_path):
@@ -127,7 +159,14 @@ def test_a_folder_and_data_sets_streamed_equal_their_documents_encoded_whole(tmp
         f.writelines(json.dumps({"text": doc, "n": i}) + "\n" for i, doc in enumerate(documents))
     datasets.Dataset.from_dict({"text": documents}).to_parquet(str(tmp_path / "rows.parquet"))
     for name in ("rows.jsonl", "rows.parquet"):
-        prepare(tmp_path / name, tmp_path / f"from_{name}", tokenizer="gpt2", val_fraction=0.25, num_proc=2, max_memory="16KB")
+        prepare(
+            tmp_path / name,
+            tmp_path / f"from_{name}",
+            tokenizer="gpt2",
+            val_fraction=0.25,
+            num_proc=2,
+            max_memory="16KB",
+        )
         assert split_bytes(tmp_path / f"from_{name}") == expected(documents, [i % 4 == 3 for i in range(40)]), name
 
 
@@ -150,10 +189,12 @@ def test_a_corpus_larger_than_max_memory_prepares_the_same(tmp_path, capsys):
     assert cli.main([*base[:2], str(tmp_path / "default"), *base[2:]]) == 0
     assert cli.main([*base[:2], str(tmp_path / "small"), *base[2:], "--max_memory", "32KB"]) == 0  # 1/10 of the text
     assert split_bytes(tmp_path / "small") == split_bytes(tmp_path / "default")
-    for bad, message in ((["--max_memory", "lots"], "max_memory 'lots': expected a number"),
-                         (["--shard_tokens", "0"], "shard_tokens must be in [1, 2^31)"),
-                         (["--num_proc", "0"], "num_proc must be at least 1"),
-                         (["--dataset_config", "sample-10BT"], "names a configuration of a Hub data set")):
+    for bad, message in (
+        (["--max_memory", "lots"], "max_memory 'lots': expected a number"),
+        (["--shard_tokens", "0"], "shard_tokens must be in [1, 2^31)"),
+        (["--num_proc", "0"], "num_proc must be at least 1"),
+        (["--dataset_config", "sample-10BT"], "names a configuration of a Hub data set"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             cli.main([*base[:2], str(tmp_path / "bad"), *base[2:], *bad])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -189,8 +230,14 @@ def test_shards_round_trip_and_join_into_train_bin(tmp_path):
     prepare(source, tmp_path / "bins", tokenizer="gpt2")
     info = prepare(source, tmp_path / "shards", tokenizer="gpt2", shard_tokens="5K", num_proc=2)
     names = sorted(p.name for p in (tmp_path / "shards").glob("*.bin"))
-    assert names[0] == "shard_train_000000.bin" and names[-1] == "shard_val_000000.bin" and len(names) == 1 + -(-info["train"] // 5_000)
-    assert all(len(read_shard(tmp_path / "shards" / name)) == 5_000 for name in names[:-2])  # full but the last of each split
+    assert (
+        names[0] == "shard_train_000000.bin"
+        and names[-1] == "shard_val_000000.bin"
+        and len(names) == 1 + -(-info["train"] // 5_000)
+    )
+    assert all(
+        len(read_shard(tmp_path / "shards" / name)) == 5_000 for name in names[:-2]
+    )  # full but the last of each split
     assert split_bytes(tmp_path / "shards") == split_bytes(tmp_path / "bins")
     assert TokenData(tmp_path / "shards").layout == "shards" and info["layout"] == "shards"
 
@@ -249,7 +296,9 @@ def test_training_on_a_shard_folder(shard_runs):
     assert len(data.shards["train"]) == 5 and data.vocab_size == 65  # meta.pkl beside the shards
     history = full["history"]
     assert [h["iter"] for h in history] == [0, 10, 20] and history[-1]["val"] < history[0]["val"] - 0.5
-    assert (root / "full" / "model.safetensors").is_file() and str(root / "data") in (root / "full" / "README.md").read_text()
+    assert (root / "full" / "model.safetensors").is_file() and str(root / "data") in (
+        root / "full" / "README.md"
+    ).read_text()
 
 
 def test_resume_on_shards_is_bit_exact(shard_runs):
@@ -297,7 +346,11 @@ def test_block_size_plus_one_tokens_hold_one_window(tmp_path, layout):
 
 def test_the_trainer_imports_only_the_token_reader():
     """The trainer reads tokens (data/tokens.py): none of `prepare`'s machinery, datasets or tiktoken is imported."""
-    code = ("import json, sys; import hf_nanogpt.train, hf_nanogpt.data.tokens; print(json.dumps(sorted("
-            "m for m in sys.modules if m.split('.')[0] in ('datasets', 'tiktoken') or m.startswith('hf_nanogpt.data'))))")
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    code = (
+        "import json, sys; import hf_nanogpt.train, hf_nanogpt.data.tokens; print(json.dumps(sorted("
+        "m for m in sys.modules if m.split('.')[0] in ('datasets', 'tiktoken') or m.startswith('hf_nanogpt.data'))))"
+    )
+    loaded = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
     assert loaded == ["hf_nanogpt.data", "hf_nanogpt.data.shards", "hf_nanogpt.data.tokens"]

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from test_train import as_args, char_data, free_port, one_process_evaluation, read_log, step_losses, tiny, val_losses  # noqa: F401 (char_data: a fixture)
+from helpers import as_args, free_port, one_process_evaluation, read_log, step_losses, tiny, val_losses
 from hf_nanogpt.train import train
 from hf_nanogpt.training.checkpoint import latest_checkpoint
 
@@ -27,13 +27,24 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
 # one iteration is 8 windows: 1 process x batch 8, or 2 processes x batch 4 (gradient_accumulation_steps is the total)
 ONE = dict(batch_size=8, gradient_accumulation_steps=1)
 TWO = dict(batch_size=4, gradient_accumulation_steps=2)
-RUN = dict(max_iters=20, lr_decay_iters=20, eval_interval=10, always_save_checkpoint=True, keep_checkpoints=2,
-           eval_iters=3)  # 3 evaluation batches for 2 processes: one scores a batch twice and does not count it
+RUN = dict(
+    max_iters=20, lr_decay_iters=20, eval_interval=10, always_save_checkpoint=True, keep_checkpoints=2, eval_iters=3
+)  # 3 evaluation batches for 2 processes: one scores a batch twice and does not count it
 
 
 def launch_command(config: str, cfg, *flags: str) -> list[str]:
-    return [ACCELERATE, "launch", "--config_file", str(CONFIGS / config), "--main_process_port", str(free_port()),
-            *flags, "-m", "hf_nanogpt.train", *as_args(cfg)]
+    return [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        str(CONFIGS / config),
+        "--main_process_port",
+        str(free_port()),
+        *flags,
+        "-m",
+        "hf_nanogpt.train",
+        *as_args(cfg),
+    ]
 
 
 def launch(config: str, cfg, *flags: str) -> str:
@@ -86,7 +97,9 @@ def test_ddp_on_two_processes_follows_one_process_with_twice_the_batch(runs, cha
     checkpoints = runs["ddp"] / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("iter_*")) == ["iter_0000010", "iter_0000020"]
     assert not list(checkpoints.glob(".*tmp"))
-    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors", "optimizer.bin"} <= set(os.listdir(checkpoints / "iter_0000020"))
+    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors", "optimizer.bin"} <= set(
+        os.listdir(checkpoints / "iter_0000020")
+    )
     model = AutoModelForCausalLM.from_pretrained(runs["ddp"])
     assert model.lm_head.weight is model.transformer.wte.weight
 
@@ -110,8 +123,14 @@ def test_fsdp_checkpoints_are_sharded_and_the_model_folder_is_whole(runs):
     ckpt = runs["fsdp"] / "checkpoints" / "iter_0000020"
     files = {str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file()}
     # each process wrote its own part of the model and of the optimizer state; no gathered copy
-    assert {"pytorch_model_fsdp_0/__0_0.distcp", "pytorch_model_fsdp_0/__1_0.distcp", "optimizer_0/__0_0.distcp",
-            "optimizer_0/__1_0.distcp", "random_states_0.pkl", "random_states_1.pkl"} <= files
+    assert {
+        "pytorch_model_fsdp_0/__0_0.distcp",
+        "pytorch_model_fsdp_0/__1_0.distcp",
+        "optimizer_0/__0_0.distcp",
+        "optimizer_0/__1_0.distcp",
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    } <= files
     assert not any(name.endswith((".safetensors", ".bin")) and name != "data_state.safetensors" for name in files)
     assert not list((runs["fsdp"] / "checkpoints").glob(".*tmp"))
     # the model folder: written once, by the main process, with the gathered weights, as its own class (FSDP2's
@@ -135,10 +154,17 @@ def test_fsdp_sigkill_then_resume_ends_with_identical_weights(char_data, tmp_pat
     kwargs = dict(**TWO, max_iters=60, lr_decay_iters=60, eval_interval=10, always_save_checkpoint=True, dropout=0.1)
     launch("fsdp_cpu_2proc.yaml", tiny(char_data, tmp_path / "full", **kwargs))
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(launch_command("fsdp_cpu_2proc.yaml", tiny(char_data, cut, **kwargs)), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        launch_command("fsdp_cpu_2proc.yaml", tiny(char_data, cut, **kwargs)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
-    while (ckpt := latest_checkpoint(cut) if (cut / "checkpoints").exists() else None) is None or ckpt.name < "iter_0000020":
+    while (
+        ckpt := latest_checkpoint(cut) if (cut / "checkpoints").exists() else None
+    ) is None or ckpt.name < "iter_0000020":
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.05)
     kill_group(proc)
@@ -168,9 +194,13 @@ def test_resume_on_a_different_number_of_processes(runs, char_data, tmp_path, ca
 
     fsdp_to_one = tmp_path / "fsdp_to_one"  # torch.distributed.checkpoint reshards the saved parts on load
     resume_from(runs["fsdp"], 10, fsdp_to_one)
-    with pytest.raises(ValueError, match="written by FSDP, sharded, and this run is one process; launch with an FSDP config"):
+    with pytest.raises(
+        ValueError, match="written by FSDP, sharded, and this run is one process; launch with an FSDP config"
+    ):
         train(tiny(char_data, fsdp_to_one, init_from="resume", **ONE, **RUN))  # Accelerate reads it under FSDP only
-    stdout = launch("fsdp_cpu_2proc.yaml", tiny(char_data, fsdp_to_one, init_from="resume", **ONE, **RUN), "--num_processes", "1")
+    stdout = launch(
+        "fsdp_cpu_2proc.yaml", tiny(char_data, fsdp_to_one, init_from="resume", **ONE, **RUN), "--num_processes", "1"
+    )
     assert "(1 process(es)" in stdout and "(FSDP)" in stdout
     assert_losses_close({it: v for it, v in step_losses(runs["fsdp"]).items() if it >= 10}, step_losses(fsdp_to_one))
 
@@ -178,10 +208,16 @@ def test_resume_on_a_different_number_of_processes(runs, char_data, tmp_path, ca
 def header_commands(config: str) -> list[list[str]]:
     """The `accelerate launch` lines in a config's header comment, as argument lists; docs/training.md shows the
     same lines (its test, tests/test_readme.py, leaves them to this file, which runs them)."""
-    commands = [line.lstrip("# ").split() for line in (CONFIGS / config).read_text().splitlines()
-                if line.startswith("#") and "accelerate launch" in line]
-    readme = [line.split() for line in (REPO / "docs" / "training.md").read_text().splitlines()
-              if line.startswith("accelerate launch") and config in line]
+    commands = [
+        line.lstrip("# ").split()
+        for line in (CONFIGS / config).read_text().splitlines()
+        if line.startswith("#") and "accelerate launch" in line
+    ]
+    readme = [
+        line.split()
+        for line in (REPO / "docs" / "training.md").read_text().splitlines()
+        if line.startswith("accelerate launch") and config in line
+    ]
     assert commands and readme == commands
     return commands
 
@@ -194,17 +230,39 @@ def test_two_machines_form_one_world(char_data, tmp_path, runs):
     """The two commands in multinode_cpu_2x1.yaml's header, run at once (as on two machines sharing out_dir),
     make one world of 2 processes: one banner, one log, one checkpoint, one model, DDP-on-2's losses."""
     commands = header_commands("multinode_cpu_2x1.yaml")
-    assert [c[:8] for c in commands] == [["accelerate", "launch", "--config_file", "configs/accelerate/multinode_cpu_2x1.yaml",
-                                          "--machine_rank", rank, "--main_process_ip", "127.0.0.1"] for rank in "01"]
+    assert [c[:8] for c in commands] == [
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            "configs/accelerate/multinode_cpu_2x1.yaml",
+            "--machine_rank",
+            rank,
+            "--main_process_ip",
+            "127.0.0.1",
+        ]
+        for rank in "01"
+    ]
     port = str(free_port())
     cfg = tiny(char_data, tmp_path / "out", **TWO, **RUN)
     procs = []
     for command in commands:
         command = [ACCELERATE, *command[1:]]
         command[command.index("--main_process_port") + 1] = port
-        assert command[command.index("-m") + 1:command.index("-m") + 3] == ["hf_nanogpt.train", "shakespeare_char_cpu"]
-        procs.append(subprocess.Popen([*command, *as_args(cfg)], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        assert command[command.index("-m") + 1 : command.index("-m") + 3] == [
+            "hf_nanogpt.train",
+            "shakespeare_char_cpu",
+        ]
+        procs.append(
+            subprocess.Popen(
+                [*command, *as_args(cfg)],
+                cwd=REPO,
+                env=ENV,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     banners = [out.count("tokens per iteration will be: 256 (2 process(es)") for out in outputs]
@@ -225,14 +283,27 @@ def test_the_fsdp_config_runs_the_command_in_its_header(char_data, tmp_path):
     result = subprocess.run(launched, capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "(2 process(es) x 1 micro-steps x 6" in result.stdout and "(FSDP)" in result.stdout
-    assert '"AutoModelForCausalLM": "modeling_nanogpt.NanoGPTForCausalLM"' in (tmp_path / "out" / "config.json").read_text()
+    assert (
+        '"AutoModelForCausalLM": "modeling_nanogpt.NanoGPTForCausalLM"'
+        in (tmp_path / "out" / "config.json").read_text()
+    )
 
 
 def test_cpu_flag_with_several_processes_is_refused(char_data, tmp_path):
     """accelerate 1.15's `--cpu --num_processes 2` starts one process alone in its world: said, not trained."""
     cfg = tiny(char_data, tmp_path / "out", **TWO, max_iters=2)
-    command = [ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--main_process_port", str(free_port()),
-               "-m", "hf_nanogpt.train", *as_args(cfg)]
+    command = [
+        ACCELERATE,
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "hf_nanogpt.train",
+        *as_args(cfg),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV)
     assert result.returncode != 0
     assert "error: accelerate launch was asked for several processes or machines on the CPU" in result.stderr

@@ -60,7 +60,9 @@ def test_greedy_tokens_match_nanogpt(fixture, attn):
     model = model_from_nanogpt(fixture["ckpt"], attn)
     greedy = fixture["greedy"]
     prompt = torch.tensor([greedy["prompt_ids"]])
-    out = model.generate(prompt, max_new_tokens=greedy["max_new_tokens"], do_sample=False, attention_mask=torch.ones_like(prompt))
+    out = model.generate(
+        prompt, max_new_tokens=greedy["max_new_tokens"], do_sample=False, attention_mask=torch.ones_like(prompt)
+    )
     assert out[0, prompt.shape[1] :].tolist() == greedy["new_ids"]
 
 

@@ -49,7 +49,14 @@ def test_cached_and_uncached_generation_give_the_same_logits(cache, padded):
     mask = torch.ones_like(ids)
     if padded:
         ids[1, :3], mask[1, :3] = 0, 0  # row 1 left-padded
-    kwargs = dict(attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    kwargs = dict(
+        attention_mask=mask,
+        max_new_tokens=16,
+        do_sample=False,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     cached = model.generate(ids, cache_implementation=cache, **kwargs)
     uncached = model.generate(ids, use_cache=False, **kwargs)
     assert torch.equal(cached.sequences, uncached.sequences)
@@ -69,7 +76,9 @@ def test_cached_and_uncached_generation_give_the_same_logits(cache, padded):
 
 def test_static_cache(model, prompt):
     expected = model.generate(prompt, max_new_tokens=20, do_sample=False)
-    out = model.generate(prompt, max_new_tokens=20, do_sample=False, cache_implementation="static", return_dict_in_generate=True)
+    out = model.generate(
+        prompt, max_new_tokens=20, do_sample=False, cache_implementation="static", return_dict_in_generate=True
+    )
     assert isinstance(getattr(out, CACHE_NAME), StaticCache)
     assert torch.equal(out.sequences, expected)
     cache = StaticCache(config=model.config, max_cache_len=model.config.block_size)
@@ -80,7 +89,9 @@ def test_sampling_is_seeded_and_cache_independent(model, prompt):
     runs = []
     for use_cache in (True, True, False):
         torch.manual_seed(123)
-        runs.append(model.generate(prompt, max_new_tokens=20, do_sample=True, top_k=50, temperature=0.9, use_cache=use_cache))
+        runs.append(
+            model.generate(prompt, max_new_tokens=20, do_sample=True, top_k=50, temperature=0.9, use_cache=use_cache)
+        )
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
     assert not torch.equal(runs[0], model.generate(prompt, max_new_tokens=20, do_sample=False))
     torch.manual_seed(0)
@@ -91,14 +102,23 @@ def test_sampling_is_seeded_and_cache_independent(model, prompt):
 def test_beam_search(model, prompt):
     out = model.generate(prompt, max_new_tokens=12, num_beams=4, num_return_sequences=2, do_sample=False)
     assert out.shape == (4, 18)
-    assert torch.equal(out, model.generate(prompt, max_new_tokens=12, num_beams=4, num_return_sequences=2, do_sample=False, use_cache=False))
+    assert torch.equal(
+        out,
+        model.generate(
+            prompt, max_new_tokens=12, num_beams=4, num_return_sequences=2, do_sample=False, use_cache=False
+        ),
+    )
     eager = tiny_model(seed=5, attn_implementation="eager")
-    assert torch.equal(out, eager.generate(prompt, max_new_tokens=12, num_beams=4, num_return_sequences=2, do_sample=False))
+    assert torch.equal(
+        out, eager.generate(prompt, max_new_tokens=12, num_beams=4, num_return_sequences=2, do_sample=False)
+    )
+
     # the best beam scores at least as high as the greedy path
     def score(seqs):
         with torch.no_grad():
             logp = model(seqs).logits.log_softmax(-1)[:, 5:-1]
         return logp.gather(-1, seqs[:, 6:, None]).sum((1, 2))
+
     greedy = model.generate(prompt, max_new_tokens=12, do_sample=False)
     assert torch.all(score(out[::2]) >= score(greedy) - 1e-4)
 
@@ -114,7 +134,7 @@ def test_left_padded_batch_gives_each_rows_tokens(attn):
     batch = model.generate(ids, attention_mask=mask, max_new_tokens=15, do_sample=False, pad_token_id=pad)
     for row, p in enumerate(prompts):
         alone = model.generate(p[None], max_new_tokens=15, do_sample=False, pad_token_id=pad)
-        assert batch[row, width:].tolist() == alone[0, len(p):].tolist()
+        assert batch[row, width:].tolist() == alone[0, len(p) :].tolist()
 
 
 def test_generation_config_fits_block_size_and_suppresses_padded_vocab(gpt2_tok):

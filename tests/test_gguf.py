@@ -30,9 +30,20 @@ from hf_nanogpt.tokenization import GPT2_BPE_DIR, char_tokenizer, gpt2_tokenizer
 
 gguf = pytest.importorskip("gguf")
 
-LAYER_TENSORS = ["attn_norm.weight", "attn_norm.bias", "attn_qkv.weight", "attn_qkv.bias", "attn_output.weight",
-                 "attn_output.bias", "ffn_norm.weight", "ffn_norm.bias", "ffn_up.weight", "ffn_up.bias",
-                 "ffn_down.weight", "ffn_down.bias"]
+LAYER_TENSORS = [
+    "attn_norm.weight",
+    "attn_norm.bias",
+    "attn_qkv.weight",
+    "attn_qkv.bias",
+    "attn_output.weight",
+    "attn_output.bias",
+    "ffn_norm.weight",
+    "ffn_norm.bias",
+    "ffn_up.weight",
+    "ffn_up.bias",
+    "ffn_down.weight",
+    "ffn_down.bias",
+]
 CHARS = "\n !',.:;?\\ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyzé"  # a backslash and a 2-byte character
 
 
@@ -41,18 +52,39 @@ def read(path) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
     as float32 in PyTorch's (out, in) order). Slow for a 50k-token vocabulary (seconds): read each file once."""
     reader = gguf.GGUFReader(path)
     fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
-    tensors = {t.name: (t.tensor_type.name, gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist()))))
-               for t in reader.tensors}
+    tensors = {
+        t.name: (
+            t.tensor_type.name,
+            gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist()))),
+        )
+        for t in reader.tensors
+    }
     return fields, tensors
 
 
 def our_tensors(model, n_layer) -> dict[str, torch.Tensor]:
     """What each GGUF tensor should hold, named by hand (not through TENSOR_MAP)."""
     sd = model.state_dict()
-    out = {"token_embd.weight": sd["transformer.wte.weight"], "position_embd.weight": sd["transformer.wpe.weight"],
-           "output_norm.weight": sd["transformer.ln_f.weight"], "output_norm.bias": sd.get("transformer.ln_f.bias")}
-    ours = ["ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
-            "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"]
+    out = {
+        "token_embd.weight": sd["transformer.wte.weight"],
+        "position_embd.weight": sd["transformer.wpe.weight"],
+        "output_norm.weight": sd["transformer.ln_f.weight"],
+        "output_norm.bias": sd.get("transformer.ln_f.bias"),
+    }
+    ours = [
+        "ln_1.weight",
+        "ln_1.bias",
+        "attn.c_attn.weight",
+        "attn.c_attn.bias",
+        "attn.c_proj.weight",
+        "attn.c_proj.bias",
+        "ln_2.weight",
+        "ln_2.bias",
+        "mlp.c_fc.weight",
+        "mlp.c_fc.bias",
+        "mlp.c_proj.weight",
+        "mlp.c_proj.bias",
+    ]
     for i in range(n_layer):
         for theirs, key in zip(LAYER_TENSORS, ours):
             out[f"blk.{i}.{theirs}"] = sd.get(f"transformer.h.{i}.{key}")
@@ -127,7 +159,9 @@ def test_f16_and_bf16_round_the_2d_weights_and_keep_the_rest_f32(small_folder, t
 
 def test_bias_false_gets_zero_biases(char_folder, tmp_path):
     written = read(export_gguf(char_folder, tmp_path / "m.gguf", log=lambda *a: None))[1]
-    for name in [f"blk.{i}.{t}" for i in range(2) for t in LAYER_TENSORS if t.endswith(".bias")] + ["output_norm.bias"]:
+    for name in [f"blk.{i}.{t}" for i in range(2) for t in LAYER_TENSORS if t.endswith(".bias")] + [
+        "output_norm.bias"
+    ]:
         qtype, values = written[name]
         assert qtype == "F32" and values.shape[0] > 0 and not values.any(), name
     assert written["blk.0.attn_qkv.bias"][1].shape == (96,) and written["blk.0.ffn_up.bias"][1].shape == (128,)
@@ -139,12 +173,22 @@ def test_bias_false_gets_zero_biases(char_folder, tmp_path):
 def test_metadata_and_gpt2_bpe_vocabulary(bpe_f32):
     meta = bpe_f32[0]
     assert meta["general.architecture"] == "gpt2" and meta["general.name"] == "bpe"
-    assert {k: meta[f"gpt2.{k}"] for k in ("context_length", "embedding_length", "feed_forward_length", "block_count",
-                                           "attention.head_count")} == {
-        "context_length": 64, "embedding_length": 32, "feed_forward_length": 128, "block_count": 2, "attention.head_count": 4}
+    assert {
+        k: meta[f"gpt2.{k}"]
+        for k in ("context_length", "embedding_length", "feed_forward_length", "block_count", "attention.head_count")
+    } == {
+        "context_length": 64,
+        "embedding_length": 32,
+        "feed_forward_length": 128,
+        "block_count": 2,
+        "attention.head_count": 4,
+    }
     assert meta["gpt2.attention.layer_norm_epsilon"] == pytest.approx(1e-5)
     assert meta["general.file_type"] == gguf.LlamaFileType.ALL_F32
-    assert (meta["general.sampling.top_k"], meta["general.sampling.temp"]) == (200, pytest.approx(0.8))  # generation_config.json
+    assert (meta["general.sampling.top_k"], meta["general.sampling.temp"]) == (
+        200,
+        pytest.approx(0.8),
+    )  # generation_config.json
 
     assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.pre"]) == ("gpt2", "gpt-2")
     vocab = gpt2_tokenizer().get_vocab()
@@ -165,7 +209,7 @@ def test_char_vocabulary_as_rwkv_tokens(char_folder, tmp_path):
     assert not any(key.endswith("_token_id") for key in meta)  # no bos/eos: generation runs to -n, as ours does
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
     n = len(CHARS)
-    assert tokens[: n] == [repr(ch.encode())[2:-1] for ch in sorted(CHARS)]
+    assert tokens[:n] == [repr(ch.encode())[2:-1] for ch in sorted(CHARS)]
     assert {"\\n", "\\\\", "\\xc3\\xa9"} <= set(tokens)  # newline, backslash, é: llama.cpp unescapes them to bytes
     assert tokens[n:] == [f"\\x00[PAD{i}]" for i in range(n, n + 3)] and set(types[n:]) == {gguf.TokenType.UNUSED}
 
@@ -176,7 +220,10 @@ def test_other_tokenizers_and_none_are_refused(tmp_path):
     backend = Tokenizer(models.WordLevel({"hello": 0, "world": 1, "[UNK]": 2}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     save_model_folder(tiny_model(vocab_size=8), tmp_path / "words", PreTrainedTokenizerFast(tokenizer_object=backend))
-    with pytest.raises(ConversionError, match=r"neither GPT-2 byte-level BPE nor char level; export gguf embeds GPT-2 byte-level BPE or a char-level"):
+    with pytest.raises(
+        ConversionError,
+        match=r"neither GPT-2 byte-level BPE nor char level; export gguf embeds GPT-2 byte-level BPE or a char-level",
+    ):
         export_gguf(tmp_path / "words", tmp_path / "m.gguf")
     save_model_folder(tiny_model(vocab_size=8), tmp_path / "none")
     with pytest.raises(ConversionError, match="no tokenizer; llama.cpp needs one inside the GGUF"):
@@ -218,6 +265,7 @@ def test_existing_output_needs_overwrite_and_failures_leave_it(bpe_folder, tmp_p
     out.write_text("keep")
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         export_gguf(bpe_folder, out)
+
     def disk_full(*args, **kwargs):
         raise RuntimeError("disk full")
 
@@ -231,7 +279,9 @@ def test_bad_arguments(bpe_folder, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"outtype 'q8_0': expected one of \['bf16', 'f16', 'f32'\]"):
         export_gguf(bpe_folder, tmp_path / "m.gguf", outtype="q8_0")
     (tmp_path / "dir").mkdir()
-    with pytest.raises(ConversionError, match=r"is a folder; expected the path of the file to write \(e\.g\. .*model\.gguf\)"):
+    with pytest.raises(
+        ConversionError, match=r"is a folder; expected the path of the file to write \(e\.g\. .*model\.gguf\)"
+    ):
         export_gguf(bpe_folder, tmp_path / "dir")
     with pytest.raises(ValueError, match="OUT .* lies inside SRC"):
         export_gguf(bpe_folder, bpe_folder / "m.gguf")
@@ -280,7 +330,9 @@ def run_llama(binary: Path, *args: str) -> subprocess.CompletedProcess:
 def trained_like_bpe(folder: Path) -> Path:
     """A GPT-2 BPE model with the tanh GELU llama.cpp computes; weights drawn wider than at init (std 0.3)
     so that its greedy choices are clear-cut rather than ties."""
-    model = tiny_model(vocab_size=50257, block_size=64, n_embd=64, activation_function="gelu_new", initializer_range=0.3)
+    model = tiny_model(
+        vocab_size=50257, block_size=64, n_embd=64, activation_function="gelu_new", initializer_range=0.3
+    )
     return save_model_folder(model, folder, gpt2_tokenizer())
 
 
@@ -319,8 +371,13 @@ def test_llama_cpp_greedy_and_tokens_match_ours(llama_bin, tmp_path, name, outty
 
     n = model.config.block_size - len(ids)  # prompt + n within the context: llama.cpp aborts past it
     with torch.no_grad():
-        greedy = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                do_sample=False, max_length=len(ids) + n, max_new_tokens=None)
+        greedy = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_length=len(ids) + n,
+            max_new_tokens=None,
+        )
     ours = tokenizer.decode(greedy[0], clean_up_tokenization_spaces=False)
     theirs = run_llama(llama_bin / "llama-simple", "-m", str(out), "-n", str(n), prompt).stdout
     # llama-simple prints the prompt's and each new token's bytes, then a newline
@@ -348,8 +405,20 @@ def test_llama_cpps_converter_on_export_gpt2_output_writes_our_tensors(tmp_path)
     folder = nanogpt_fixture("B_bpe_bias", tmp_path / "B")
     export_gpt2(folder, tmp_path / "gpt2", log=lambda *a: None)
     converter = Path(source) / "convert_hf_to_gguf.py"
-    result = subprocess.run([sys.executable, str(converter), str(tmp_path / "gpt2"), "--outfile", str(tmp_path / "theirs.gguf"),
-                             "--outtype", "f32"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(converter),
+            str(tmp_path / "gpt2"),
+            "--outfile",
+            str(tmp_path / "theirs.gguf"),
+            "--outtype",
+            "f32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]  # a KeyError: 'n_ctx' before export gpt2 wrote n_ctx
     ours = export_gguf(folder, tmp_path / "ours.gguf", log=lambda *a: None)
     (theirs_m, theirs_t), (ours_m, ours_t) = read(tmp_path / "theirs.gguf"), read(ours)

@@ -52,8 +52,10 @@ def hidden(model, ids, **kwargs):
 def test_every_auto_class_loads_a_causal_lm_folder(lm_folder):
     lm, folder = lm_folder
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
-    assert auto_map == {"AutoConfig": "configuration_nanogpt.NanoGPTConfig",
-                        **{auto: f"modeling_nanogpt.{name}" for auto, name in AUTO_MAP.items()}}
+    assert auto_map == {
+        "AutoConfig": "configuration_nanogpt.NanoGPTConfig",
+        **{auto: f"modeling_nanogpt.{name}" for auto, name in AUTO_MAP.items()},
+    }
     for auto, cls in HEADS.items():
         model = auto.from_pretrained(folder, num_labels=3)
         assert type(model) is cls
@@ -131,8 +133,13 @@ def test_heads_train(lm_folder):
     ids = torch.randint(0, 50257, (4, 10), generator=torch.Generator().manual_seed(1))
     cases = {
         AutoModelForSequenceClassification: {"labels": torch.tensor([0, 1, 2, 1])},
-        AutoModelForTokenClassification: {"labels": torch.randint(0, 3, (4, 10), generator=torch.Generator().manual_seed(2))},
-        AutoModelForQuestionAnswering: {"start_positions": torch.tensor([0, 2, 4, 6]), "end_positions": torch.tensor([1, 3, 5, 7])},
+        AutoModelForTokenClassification: {
+            "labels": torch.randint(0, 3, (4, 10), generator=torch.Generator().manual_seed(2))
+        },
+        AutoModelForQuestionAnswering: {
+            "start_positions": torch.tensor([0, 2, 4, 6]),
+            "end_positions": torch.tensor([1, 3, 5, 7]),
+        },
     }
     for auto, targets in cases.items():
         torch.manual_seed(0)
@@ -174,7 +181,11 @@ def test_pipelines(lm_folder):
 REMOTE_HEADS = BLOCK_HF_NANOGPT + textwrap.dedent(
     """
     import torch
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
     lm_folder, classifier_folder, out_file = sys.argv[1:4]
     for auto in (AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoModelForQuestionAnswering):
         model = auto.from_pretrained(lm_folder, trust_remote_code=True)
@@ -197,9 +208,15 @@ def test_heads_as_remote_code_without_the_package(lm_folder, tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, str(script), str(folder), str(tmp_path / "classifier"), str(tmp_path / "out.pt")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ids = torch.tensor([[10, 11, 12, 13], [20, 21, 50256, 50256]])
     with torch.no_grad():
-        assert torch.equal(torch.load(tmp_path / "out.pt"), classifier(ids, attention_mask=(ids != 50256).long()).logits)
+        assert torch.equal(
+            torch.load(tmp_path / "out.pt"), classifier(ids, attention_mask=(ids != 50256).long()).logits
+        )

@@ -26,7 +26,13 @@ def saved(tmp_path_factory):
 def test_save_writes_safetensors_code_and_auto_map(saved):
     model, folder = saved
     files = sorted(os.listdir(folder))
-    assert {"config.json", "model.safetensors", "generation_config.json", "modeling_nanogpt.py", "configuration_nanogpt.py"} <= set(files)
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "modeling_nanogpt.py",
+        "configuration_nanogpt.py",
+    } <= set(files)
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "nanogpt"
@@ -109,7 +115,11 @@ def test_remote_code_in_a_process_without_the_package(saved, tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, str(script), str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     remote = torch.load(tmp_path / "out.pt")

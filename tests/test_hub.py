@@ -15,8 +15,6 @@ from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from hub_server import HubServer
-
 from helpers import BLOCK_HF_NANOGPT, HUB_TOKENS, NANOGPT_FIXTURES, OTHER_TOKEN, READ_TOKEN, WRITE_TOKEN, tiny_model
 from hf_nanogpt import NanoGPTConfig, cli
 from hf_nanogpt.conversion.gpt2 import gpt2_model_card
@@ -25,20 +23,30 @@ from hf_nanogpt.hub import HubError, push_to_hub
 from hf_nanogpt.model_card import card_for_repo, render_model_card
 from hf_nanogpt.saving import save_model_folder
 from hf_nanogpt.tokenization import char_tokenizer
+from hub_server import HubServer
 
 HUB_SERVER = Path(__file__).parent / "hub_server.py"
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ:.,!?\n"))
 PROMPT = "ROMEO: "
-PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-                    "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082")  # a 1x1 image
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+)  # a 1x1 image
 API = HfApi(token=WRITE_TOKEN)
 
 
 def char_model_folder(path: Path, seed: int, loss_plot: bool = False) -> tuple[Path, torch.nn.Module]:
     """A small char-level model folder with the card this package writes (usage pointing at `path`)."""
     model = tiny_model(seed=seed, vocab_size=len(CHARS), block_size=64)
-    card = render_model_card(f"model {seed}", "A test model.", {"Training": "seeded"}, model_ref=str(path),
-                             tags=["test"], prompt=PROMPT, loss_plot="loss.png" if loss_plot else None)
+    card = render_model_card(
+        f"model {seed}",
+        "A test model.",
+        {"Training": "seeded"},
+        model_ref=str(path),
+        tags=["test"],
+        prompt=PROMPT,
+        loss_plot="loss.png" if loss_plot else None,
+    )
     save_model_folder(model, path, char_tokenizer(CHARS), model_card=card)
     if loss_plot:
         (path / "loss.png").write_bytes(PNG)
@@ -86,8 +94,17 @@ def test_push_publishes_a_complete_repo_with_its_card(published, hub):
     assert commits(hub, repo) == [r2.commit, r1.commit, commits(hub, repo)[-1]]  # main: v2, v1, initial commit
     assert commits(hub, repo, "dev")[:2] == [r3.commit, r2.commit]  # dev branched from main
     assert hub.store.commit(repo, r2.commit)["title"] == "second version"
-    expected = {".gitattributes", "README.md", "config.json", "configuration_nanogpt.py", "modeling_nanogpt.py",
-                "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"}
+    expected = {
+        ".gitattributes",
+        "README.md",
+        "config.json",
+        "configuration_nanogpt.py",
+        "modeling_nanogpt.py",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
     assert repo_files(repo, r1.commit) == expected | {"loss.png"}
     assert repo_files(repo, "dev") == expected | {"loss.png"}  # loss.png came from main; v3 has none
 
@@ -145,8 +162,22 @@ def test_load_by_repo_id_in_a_fresh_process(published, mode, tmp_path):
     script = (BLOCK_HF_NANOGPT if mode == "remote-code" else "") + LOAD_SCRIPT
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home")}
     result = subprocess.run(
-        [sys.executable, "-c", script, mode, repo, r1.commit, PROMPT, str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            script,
+            mode,
+            repo,
+            r1.commit,
+            PROMPT,
+            str(tmp_path / "ids.pt"),
+            str(tmp_path / "out.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = torch.load(tmp_path / "out.pt")
@@ -171,7 +202,9 @@ def test_pushing_again_unchanged_makes_no_commit(tmp_path, hub):
     assert not [r for r in writes_since(hub, mark) if "/commit/" in r[1] or r[0] == "PUT"]
     # a rewritten folder with the same contents is unchanged too
     char_model_folder(tmp_path / "m2", seed=4, loss_plot=True)
-    (tmp_path / "m2" / "README.md").write_text((folder / "README.md").read_text().replace(str(folder), str(tmp_path / "m2")))
+    (tmp_path / "m2" / "README.md").write_text(
+        (folder / "README.md").read_text().replace(str(folder), str(tmp_path / "m2"))
+    )
     assert not push_to_hub(tmp_path / "m2", "alice/unchanged", token=WRITE_TOKEN).changed
     assert commits(hub, "alice/unchanged") == history
 
@@ -187,7 +220,10 @@ def test_weights_the_folder_no_longer_has_are_removed(tmp_path, hub):
     result = push_to_hub(folder, "alice/reshaped", token=WRITE_TOKEN)
     assert result.changed and len(commits(hub, "alice/reshaped")) == 3
     files = repo_files("alice/reshaped")
-    assert "model.safetensors" in files and not {"model-00002-of-00002.safetensors", "model.safetensors.index.json"} & files
+    assert (
+        "model.safetensors" in files
+        and not {"model-00002-of-00002.safetensors", "model.safetensors.index.json"} & files
+    )
 
 
 def test_private_repo_needs_a_token_to_read(tmp_path, hub):
@@ -250,10 +286,14 @@ def test_incomplete_folder_is_refused_before_any_request(published, tmp_path, hu
 def big_folder(tmp_path_factory, gpt2_tok):
     """A GPT-2-vocabulary model whose model.safetensors is over 10 MB, and a 10.5 MB text file."""
     folder = tmp_path_factory.mktemp("big") / "model"
-    save_model_folder(tiny_model(seed=6, vocab_size=50304, n_embd=64, n_head=2, n_layer=1, block_size=64), folder, gpt2_tok)
+    save_model_folder(
+        tiny_model(seed=6, vocab_size=50304, n_embd=64, n_head=2, n_layer=1, block_size=64), folder, gpt2_tok
+    )
     line = "step 100: train loss 1.2345, val loss 1.5678\n"
     (folder / "samples.txt").write_text(line * (int(10.5 * 2**20) // len(line)))
-    assert (folder / "model.safetensors").stat().st_size > 10 * 2**20 and (folder / "samples.txt").stat().st_size > 10 * 2**20
+    assert (folder / "model.safetensors").stat().st_size > 10 * 2**20 and (
+        folder / "samples.txt"
+    ).stat().st_size > 10 * 2**20
     return folder
 
 
@@ -266,15 +306,30 @@ def test_files_over_10MB_go_through_lfs(big_folder, hub):
     files = hub.store.commit("alice/big", commits(hub, "alice/big")[0])["files"]
     for name in ("model.safetensors", "samples.txt"):  # by pattern and by size: both through LFS
         assert files[name]["lfs"]["sha256"] == sha256(big_folder / name)
-        assert (hub.store.dir("alice/big") / "lfs" / sha256(big_folder / name)).stat().st_size == (big_folder / name).stat().st_size
-    assert files["config.json"]["lfs"] is None and files["tokenizer.json"]["lfs"] is None  # small: inline in the commit
+        assert (hub.store.dir("alice/big") / "lfs" / sha256(big_folder / name)).stat().st_size == (
+            big_folder / name
+        ).stat().st_size
+    assert (
+        files["config.json"]["lfs"] is None and files["tokenizer.json"]["lfs"] is None
+    )  # small: inline in the commit
     downloaded = hf_hub_download("alice/big", "model.safetensors")
     assert sha256(Path(downloaded)) == sha256(big_folder / "model.safetensors")
 
 
 def start_server_process(root: Path, port: int = 0, die_during: str | None = None) -> tuple[subprocess.Popen, str]:
-    args = [sys.executable, str(HUB_SERVER), "--root", str(root), "--port", str(port), "--token", f"{WRITE_TOKEN}=alice"]
-    proc = subprocess.Popen(args + (["--die-during", die_during] if die_during else []), stdout=subprocess.PIPE, text=True)
+    args = [
+        sys.executable,
+        str(HUB_SERVER),
+        "--root",
+        str(root),
+        "--port",
+        str(port),
+        "--token",
+        f"{WRITE_TOKEN}=alice",
+    ]
+    proc = subprocess.Popen(
+        args + (["--die-during", die_during] if die_during else []), stdout=subprocess.PIPE, text=True
+    )
     return proc, proc.stdout.readline().strip()
 
 
@@ -316,8 +371,22 @@ def test_server_dying_mid_upload_is_a_clear_error_and_the_next_push_completes(bi
 def test_convert_nanogpt_push_to_hub(tmp_path, hub, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
     src = NANOGPT_FIXTURES / "A_char_nobias"
-    assert cli.main(["convert", "nanogpt", str(src / "ckpt.pt"), str(tmp_path / "out"), "--meta", str(src / "meta.pkl"),
-                     "--push-to-hub", "alice/shakespeare-char", "--private"]) == 0
+    assert (
+        cli.main(
+            [
+                "convert",
+                "nanogpt",
+                str(src / "ckpt.pt"),
+                str(tmp_path / "out"),
+                "--meta",
+                str(src / "meta.pkl"),
+                "--push-to-hub",
+                "alice/shakespeare-char",
+                "--private",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "verification:" in printed and f"pushed {tmp_path / 'out'} to {hub.url}/alice/shakespeare-char" in printed
     assert hub.store.meta("alice/shakespeare-char")["private"]
@@ -336,7 +405,12 @@ def test_convert_gpt2_from_a_hub_id_push_to_hub(tmp_path, hub, monkeypatch, caps
     API.create_repo("alice/tiny-gpt2")
     API.upload_folder(repo_id="alice/tiny-gpt2", folder_path=tmp_path / "gpt2")
     monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
-    assert cli.main(["convert", "gpt2", "alice/tiny-gpt2", str(tmp_path / "out"), "--push-to-hub", "alice/tiny-gpt2-nanogpt"]) == 0
+    assert (
+        cli.main(
+            ["convert", "gpt2", "alice/tiny-gpt2", str(tmp_path / "out"), "--push-to-hub", "alice/tiny-gpt2-nanogpt"]
+        )
+        == 0
+    )
     assert "pushed" in capsys.readouterr().out
     card = ModelCard.load(hf_hub_download("alice/tiny-gpt2-nanogpt", "README.md"))
     assert card.data.base_model == "alice/tiny-gpt2" and 'model="alice/tiny-gpt2-nanogpt"' in card.text
@@ -372,7 +446,9 @@ def test_card_for_a_folder_without_one(published, tmp_path):
 
 
 def grep_tree(root: Path, secret: str) -> list[str]:
-    return [str(p) for p in root.rglob("*") if p.is_file() and not p.is_symlink() and secret.encode() in p.read_bytes()]
+    return [
+        str(p) for p in root.rglob("*") if p.is_file() and not p.is_symlink() and secret.encode() in p.read_bytes()
+    ]
 
 
 def test_token_never_appears_in_logs_errors_files_or_cache(published, hub, tmp_path, capfd):
@@ -380,17 +456,32 @@ def test_token_never_appears_in_logs_errors_files_or_cache(published, hub, tmp_p
     # the command line, with every debug log huggingface_hub has (HF_DEBUG prints each request as curl)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_DEBUG": "1", "TRANSFORMERS_VERBOSITY": "debug"}
     result = subprocess.run(
-        [sys.executable, "-m", "hf_nanogpt.cli", "push", str(folder), "alice/token-check", "--token", WRITE_TOKEN,
-         "--commit-message", "check"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "hf_nanogpt.cli",
+            "push",
+            str(folder),
+            "alice/token-check",
+            "--token",
+            WRITE_TOKEN,
+            "--commit-message",
+            "check",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"pushed {folder} to {hub.url}/alice/token-check (commit " in result.stdout
     assert "authorization: <TOKEN>" in result.stderr  # the debug log showed the headers, with the token hidden
     outputs = [result.stdout, result.stderr]
     # errors, from the CLI and from Python, including a token passed where the repo id goes
-    for argv in (["push", str(folder), "alice/token-check", "--token", READ_TOKEN],
-                 ["push", str(folder), WRITE_TOKEN, "--token", WRITE_TOKEN]):
+    for argv in (
+        ["push", str(folder), "alice/token-check", "--token", READ_TOKEN],
+        ["push", str(folder), WRITE_TOKEN, "--token", WRITE_TOKEN],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(argv)
         assert exit_info.value.code == 2

@@ -34,21 +34,32 @@ CHOICE_DOCS = [
     {"question": "Two plus two is", "choices": ["four", "blue"], "label": 1},
 ]
 PERPLEXITY_DOCS = [  # the first is 73 tokens: lm-eval rolls three windows of BLOCK_SIZE over it
-    {"text": "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
-             "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
-             "it was the season of Darkness, it was the spring of hope, it was the winter of despair."},
+    {
+        "text": "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+        "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, "
+        "it was the season of Darkness, it was the spring of hope, it was the winter of despair."
+    },
     {"text": "Call me Ishmael."},
 ]
 GREEDY_DOCS = [{"prompt": "Once upon a time", "answer": " there"}, {"prompt": "Hello", "answer": " world"}]
 
 TASKS = {  # task name -> (docs, the rest of its YAML)
-    "hf_nanogpt_choice": (CHOICE_DOCS, 'output_type: multiple_choice\ndoc_to_text: "{{question}}"\n'
-                                       'doc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\nmetric_list: [{metric: acc}]\n'),
-    "hf_nanogpt_perplexity": (PERPLEXITY_DOCS, 'output_type: loglikelihood_rolling\ndoc_to_text: ""\n'
-                                               'doc_to_target: "{{text}}"\nmetric_list: [{metric: word_perplexity}]\n'),
-    "hf_nanogpt_greedy": (GREEDY_DOCS, 'output_type: generate_until\ndoc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\n'
-                                       f"generation_kwargs: {{until: {json.dumps([UNTIL])}, max_gen_toks: {MAX_GEN_TOKS}}}\n"
-                                       "metric_list: [{metric: exact_match}]\n"),
+    "hf_nanogpt_choice": (
+        CHOICE_DOCS,
+        'output_type: multiple_choice\ndoc_to_text: "{{question}}"\n'
+        'doc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\nmetric_list: [{metric: acc}]\n',
+    ),
+    "hf_nanogpt_perplexity": (
+        PERPLEXITY_DOCS,
+        'output_type: loglikelihood_rolling\ndoc_to_text: ""\n'
+        'doc_to_target: "{{text}}"\nmetric_list: [{metric: word_perplexity}]\n',
+    ),
+    "hf_nanogpt_greedy": (
+        GREEDY_DOCS,
+        'output_type: generate_until\ndoc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\n'
+        f"generation_kwargs: {{until: {json.dumps([UNTIL])}, max_gen_toks: {MAX_GEN_TOKS}}}\n"
+        "metric_list: [{metric: exact_match}]\n",
+    ),
 }
 
 # lm-eval's Python API, as someone without this package runs it on a folder's remote code; its task
@@ -62,10 +73,13 @@ REMOTE_CODE_RUN = BLOCK_HF_NANOGPT + textwrap.dedent(
     from lm_eval.utils import handle_non_serializable
     folder, tasks, task_dir, out = sys.argv[1:]
     run = simple_evaluate(
-        model="hf", model_args=f"pretrained={folder},trust_remote_code=True", tasks=tasks.split(","), batch_size=2, device="cpu",
+        model="hf", model_args=f"pretrained={folder},trust_remote_code=True", tasks=tasks.split(","),
+        batch_size=2, device="cpu",
         task_manager=TaskManager(include_path=task_dir, include_defaults=False), log_samples=True,
     )
-    Path(out).write_text(json.dumps({"results": run["results"], "samples": run["samples"]}, default=handle_non_serializable))
+    Path(out).write_text(
+        json.dumps({"results": run["results"], "samples": run["samples"]}, default=handle_non_serializable)
+    )
     """
 )
 
@@ -102,19 +116,48 @@ def runs(tmp_path_factory):
     save_model_folder(model, folder, tokenizer)
     write_tasks(tasks)
     commands = {
-        "entry_point": [sys.executable, "-m", "hf_nanogpt.lm_eval", "--model", "hf", "--model_args", f"pretrained={folder}",
-                        "--tasks", ",".join(TASKS), "--include_path", str(tasks), "--batch_size", "2",
-                        "--log_samples", "--output_path", str(root / "entry_point")],
-        "remote_code": [sys.executable, "-c", REMOTE_CODE_RUN, str(folder), ",".join(TASKS), str(tasks), str(root / "remote_code.json")],
+        "entry_point": [
+            sys.executable,
+            "-m",
+            "hf_nanogpt.lm_eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={folder}",
+            "--tasks",
+            ",".join(TASKS),
+            "--include_path",
+            str(tasks),
+            "--batch_size",
+            "2",
+            "--log_samples",
+            "--output_path",
+            str(root / "entry_point"),
+        ],
+        "remote_code": [
+            sys.executable,
+            "-c",
+            REMOTE_CODE_RUN,
+            str(folder),
+            ",".join(TASKS),
+            str(tasks),
+            str(root / "remote_code.json"),
+        ],
     }
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    processes = {name: subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for name, argv in commands.items()}
+    processes = {
+        name: subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name, argv in commands.items()
+    }
     done = {}
     for name, process in processes.items():
         log, _ = process.communicate(timeout=300)
         assert process.returncode == 0, f"{name} run failed:\n{log[-4000:]}"
-        run = read_output_path(root / name) if name == "entry_point" else json.loads((root / "remote_code.json").read_text())
+        run = (
+            read_output_path(root / name)
+            if name == "entry_point"
+            else json.loads((root / "remote_code.json").read_text())
+        )
         samples = {task: sorted(rows, key=lambda row: row["doc_id"]) for task, rows in run["samples"].items()}
         done[name] = (run["results"], samples, log)
     return model, tokenizer, done
@@ -179,7 +222,7 @@ def test_greedy_generation_is_the_models(runs, run):
     _, samples, _ = done[run]
     for doc, sample in zip(GREEDY_DOCS, samples["hf_nanogpt_greedy"], strict=True):
         ids = torch.tensor([tokenizer.encode(doc["prompt"])])
-        new_ids = model.generate(ids, max_new_tokens=MAX_GEN_TOKS, do_sample=False)[0, ids.shape[1]:]
+        new_ids = model.generate(ids, max_new_tokens=MAX_GEN_TOKS, do_sample=False)[0, ids.shape[1] :]
         expected = tokenizer.decode(new_ids, skip_special_tokens=True).split(UNTIL)[0]
         assert expected  # the tiny model says something, so the comparison means something
         assert sample["filtered_resps"][0] == expected

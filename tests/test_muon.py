@@ -8,17 +8,25 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from helpers import tiny_model
+from helpers import BIN, as_args, free_port, one_process_evaluation, step_losses, tiny, tiny_model, val_losses
 from hf_nanogpt.conversion.nanogpt import export_nanogpt
 from hf_nanogpt.train import train
 from hf_nanogpt.training.checkpoint import latest_checkpoint
 from hf_nanogpt.training.config import TrainConfig, check_config, parse_args
-from hf_nanogpt.training.optim import configure_optimizers, get_lr, get_wsd_lr, muon_momentum, muon_split, set_hyperparameters
-from test_train import BIN, as_args, char_data, free_port, one_process_evaluation, step_losses, tiny, val_losses  # noqa: F401 (char_data: a fixture)
+from hf_nanogpt.training.optim import (
+    configure_optimizers,
+    get_lr,
+    get_wsd_lr,
+    muon_momentum,
+    muon_split,
+    set_hyperparameters,
+)
 
 pytestmark = pytest.mark.slow
 
-MUON = dict(optimizer="muon", muon_learning_rate=0.05, muon_momentum_warmup_iters=15, lr_schedule="wsd", cooldown_frac=0.4)
+MUON = dict(
+    optimizer="muon", muon_learning_rate=0.05, muon_momentum_warmup_iters=15, lr_schedule="wsd", cooldown_frac=0.4
+)
 
 
 # -- the split and the optimizers -------------------------------------------------------------------------
@@ -28,14 +36,21 @@ def test_muon_gets_the_blocks_matrices_and_adamw_the_rest():
     model = tiny_model(n_layer=2, bias=True)
     names = {id(p): name for name, p in model.named_parameters()}
     hidden, rest = muon_split(model)
-    assert [names[id(p)] for p in hidden] == [f"transformer.h.{i}.{m}.weight" for i in range(2)
-                                              for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    assert [names[id(p)] for p in hidden] == [
+        f"transformer.h.{i}.{m}.weight"
+        for i in range(2)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    ]
     rest_names = [names[id(p)] for p in rest]
     assert rest_names[:2] == ["transformer.wte.weight", "transformer.wpe.weight"]  # lm_head is wte: once
     assert all(n.endswith(".bias") or ".ln_" in n or n.startswith("transformer.ln_f") for n in rest_names[2:])
-    assert len(hidden) + len(rest) == len(list(model.parameters())) and not {id(p) for p in hidden} & {id(p) for p in rest}
+    assert len(hidden) + len(rest) == len(list(model.parameters())) and not {id(p) for p in hidden} & {
+        id(p) for p in rest
+    }
 
-    adamw, muon = configure_optimizers(model, TrainConfig(optimizer="muon", weight_decay=0.1, muon_weight_decay=0.01), "cpu")
+    adamw, muon = configure_optimizers(
+        model, TrainConfig(optimizer="muon", weight_decay=0.1, muon_weight_decay=0.01), "cpu"
+    )
     assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
     decayed, plain = adamw.param_groups
     assert [names[id(p)] for p in decayed["params"]] == ["transformer.wte.weight", "transformer.wpe.weight"]
@@ -49,7 +64,9 @@ def test_muon_gets_the_blocks_matrices_and_adamw_the_rest():
 
 
 def test_wsd_warms_up_as_nanogpt_holds_then_cools_down_linearly():
-    cfg = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, lr_decay_iters=100, lr_schedule="wsd", cooldown_frac=0.4)
+    cfg = TrainConfig(
+        learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, lr_decay_iters=100, lr_schedule="wsd", cooldown_frac=0.4
+    )
     assert [get_wsd_lr(it, cfg) for it in range(10)] == [get_lr(it, cfg) for it in range(10)]  # nanoGPT's warmup
     assert {get_wsd_lr(it, cfg) for it in range(10, 61)} == {1e-3}  # constant up to the cool-down's start (60)
     assert get_wsd_lr(80, cfg) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way down
@@ -63,8 +80,17 @@ def test_wsd_warms_up_as_nanogpt_holds_then_cools_down_linearly():
 
 
 def test_muon_follows_the_same_schedule_with_its_own_lr_and_warms_its_momentum():
-    cfg = TrainConfig(optimizer="muon", learning_rate=2e-3, min_lr=2e-4, warmup_iters=10, lr_decay_iters=100,
-                      muon_learning_rate=0.04, muon_momentum=0.95, muon_momentum_warmup=0.85, muon_momentum_warmup_iters=300)
+    cfg = TrainConfig(
+        optimizer="muon",
+        learning_rate=2e-3,
+        min_lr=2e-4,
+        warmup_iters=10,
+        lr_decay_iters=100,
+        muon_learning_rate=0.04,
+        muon_momentum=0.95,
+        muon_momentum_warmup=0.85,
+        muon_momentum_warmup_iters=300,
+    )
     assert [muon_momentum(it, cfg) for it in (0, 150, 300, 1000)] == pytest.approx([0.85, 0.90, 0.95, 0.95])
     assert muon_momentum(0, TrainConfig(muon_momentum_warmup_iters=0)) == 0.95
     adamw, muon = configure_optimizers(tiny_model(), cfg, "cpu")
@@ -79,14 +105,28 @@ def test_muon_follows_the_same_schedule_with_its_own_lr_and_warms_its_momentum()
 
 
 def test_settings_are_options_and_bad_values_are_named(capsys):
-    cfg = parse_args(["shakespeare_char_cpu", "--optimizer=muon", "--lr_schedule", "wsd", "--muon_learning_rate=0.08",
-                      "--cooldown_frac=0.3"])
+    cfg = parse_args(
+        [
+            "shakespeare_char_cpu",
+            "--optimizer=muon",
+            "--lr_schedule",
+            "wsd",
+            "--muon_learning_rate=0.08",
+            "--cooldown_frac=0.3",
+        ]
+    )
     assert (cfg.optimizer, cfg.lr_schedule, cfg.muon_learning_rate, cfg.cooldown_frac) == ("muon", "wsd", 0.08, 0.3)
     assert (TrainConfig().optimizer, TrainConfig().lr_schedule) == ("adamw", "cosine")  # nanoGPT's, by default
     with pytest.raises(SystemExit):
         parse_args(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    for option in ("--optimizer", "--lr_schedule", "--muon_learning_rate", "--muon_momentum_warmup_iters", "--cooldown_frac"):
+    for option in (
+        "--optimizer",
+        "--lr_schedule",
+        "--muon_learning_rate",
+        "--muon_momentum_warmup_iters",
+        "--cooldown_frac",
+    ):
         assert option in help_text
     bad = {
         "optimizer='sgd' (adamw or muon)": dict(optimizer="sgd"),
@@ -117,7 +157,9 @@ def muon_runs(char_data, tmp_path_factory):
     on, so the restored random state matters; the momentum warm-up (15) and the cool-down (12-20) lie
     across the resume point."""
     root = tmp_path_factory.mktemp("muon")
-    settings = dict(max_iters=20, lr_decay_iters=20, eval_interval=10, always_save_checkpoint=True, dropout=0.1, **MUON)
+    settings = dict(
+        max_iters=20, lr_decay_iters=20, eval_interval=10, always_save_checkpoint=True, dropout=0.1, **MUON
+    )
     full = train(tiny(char_data, root / "full", **settings))
     train(tiny(char_data, root / "cut", **{**settings, "max_iters": 10}))  # its last checkpoint: iter 10
     resumed = train(tiny(char_data, root / "cut", init_from="resume", **settings))
@@ -135,12 +177,16 @@ def test_muon_trains_and_resumes_bit_exact(muon_runs):
     assert all(a[it] == b[it] for it in a)
     assert resumed["history"][-1]["val"] == full["history"][-1]["val"]
     card = (root / "full" / "README.md").read_text()
-    assert "| optimizer | muon |" in card and "| muon_learning_rate | 0.05 |" in card and "| lr_schedule | wsd |" in card
+    assert (
+        "| optimizer | muon |" in card and "| muon_learning_rate | 0.05 |" in card and "| lr_schedule | wsd |" in card
+    )
 
 
 def test_resuming_with_the_other_optimizer_is_refused(muon_runs, char_data):
     root, _, _ = muon_runs
-    with pytest.raises(ValueError, match="trained with optimizer=muon, this run asks for optimizer=adamw; pass --optimizer=muon"):
+    with pytest.raises(
+        ValueError, match="trained with optimizer=muon, this run asks for optimizer=adamw; pass --optimizer=muon"
+    ):
         train(tiny(char_data, root / "cut", init_from="resume", max_iters=25))
 
 
@@ -167,8 +213,17 @@ def test_two_processes_with_muon_follow_one_process_with_twice_the_batch(char_da
     two = tiny(char_data, tmp_path / "two", batch_size=4, gradient_accumulation_steps=2, **common)
     train(one)
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "accelerate", "cpu_2proc.yaml")
-    launch = [str(BIN / "accelerate"), "launch", "--config_file", config, "--main_process_port", str(free_port()),
-              "-m", "hf_nanogpt.train", *as_args(two)]
+    launch = [
+        str(BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        config,
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "hf_nanogpt.train",
+        *as_args(two),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -178,4 +233,6 @@ def test_two_processes_with_muon_follow_one_process_with_twice_the_batch(char_da
     for it in a:  # Newton-Schulz runs in bfloat16: a little looser than AdamW's 1e-4
         assert b[it] == pytest.approx(a[it], rel=1e-3), it
     assert {"optimizer.bin", "optimizer_1.bin"} <= set(os.listdir(latest_checkpoint(tmp_path / "two")))
-    assert val_losses(tmp_path / "two")[-1] == pytest.approx(one_process_evaluation(two)["val"], rel=1e-6)  # any world size
+    assert val_losses(tmp_path / "two")[-1] == pytest.approx(
+        one_process_evaluation(two)["val"], rel=1e-6
+    )  # any world size

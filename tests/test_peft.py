@@ -69,8 +69,13 @@ def test_merge_save_reload_identical(trained, tmp_path):
 
     # the adapter alone, reloaded onto its base (which the adapter config names)
     model.save_pretrained(tmp_path / "adapter")
-    for reloaded in (AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter"),
-                     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model.peft_config["default"].base_model_name_or_path), tmp_path / "adapter")):
+    for reloaded in (
+        AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter"),
+        PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(model.peft_config["default"].base_model_name_or_path),
+            tmp_path / "adapter",
+        ),
+    ):
         with torch.no_grad():
             torch.testing.assert_close(reloaded.eval()(input_ids=ids).logits, adapted, atol=0, rtol=0)
 
@@ -96,7 +101,12 @@ def test_defaults_whichever_is_imported_first(tmp_path):
         "model = NanoGPTForCausalLM(NanoGPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))\n"
         "print(sorted(get_peft_model(model, LoraConfig()).peft_config['default'].target_modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "['c_attn']"

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FIXTURES, NANOGPT_FIXTURES, README_TOKEN, tiny_model
 import hf_nanogpt.train
+from helpers import FIXTURES, NANOGPT_FIXTURES, README_TOKEN, tiny_model
 from hf_nanogpt import cli
 
 pytestmark = pytest.mark.slow

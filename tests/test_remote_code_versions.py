@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 FIXTURES = ["A_char_nobias", "B_bpe_bias"]
 THIS = sys.executable
 OTHER = os.environ.get("HF_NANOGPT_OTHER_PYTHON", sys.executable)
-DIRECTIONS = {"this-saves": (THIS, OTHER), "other-saves": (OTHER, THIS)} if OTHER != THIS else {"this-python": (THIS, THIS)}
+DIRECTIONS = (
+    {"this-saves": (THIS, OTHER), "other-saves": (OTHER, THIS)} if OTHER != THIS else {"this-python": (THIS, THIS)}
+)
 PIPELINE_TOKENS = 24
 
 SAVE = textwrap.dedent(
@@ -51,7 +53,9 @@ LOAD = BLOCK_HF_NANOGPT + textwrap.dedent(
         prompt = torch.tensor([prompt_ids])
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True)
         cached, uncached = model.generate(prompt, **kwargs), model.generate(prompt, use_cache=False, **kwargs)
-        pipe = pipeline("text-generation", model=model, tokenizer=AutoTokenizer.from_pretrained(folder, trust_remote_code=True))
+        pipe = pipeline(
+            "text-generation", model=model, tokenizer=AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+        )
         results[folder] = {
             "module": type(model).__module__,
             "new_ids": cached.sequences[0, len(prompt_ids):].tolist(),
@@ -67,7 +71,9 @@ LOAD = BLOCK_HF_NANOGPT + textwrap.dedent(
 
 def run(python: str, script: str, *args: str, home) -> dict:
     env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "error::FutureWarning"}
-    result = subprocess.run([python, "-c", script, *args], capture_output=True, text=True, env=env, cwd=home, timeout=600)
+    result = subprocess.run(
+        [python, "-c", script, *args], capture_output=True, text=True, env=env, cwd=home, timeout=600
+    )
     assert result.returncode == 0, f"{python}:\n{result.stderr[-4000:]}"
     # the KV cache's old name warns on 5.24 and later (a FutureWarning, an error here, or a logged line)
     assert "past_key_values" not in result.stderr, result.stderr[-4000:]
@@ -76,7 +82,9 @@ def run(python: str, script: str, *args: str, home) -> dict:
 
 @pytest.mark.parametrize("saver, loader", DIRECTIONS.values(), ids=DIRECTIONS.keys())
 def test_folder_saved_by_one_release_runs_as_remote_code_on_another(saver, loader, tmp_path):
-    saved = run(saver, SAVE, str(tmp_path / "models"), *(str(NANOGPT_FIXTURES / name) for name in FIXTURES), home=tmp_path)
+    saved = run(
+        saver, SAVE, str(tmp_path / "models"), *(str(NANOGPT_FIXTURES / name) for name in FIXTURES), home=tmp_path
+    )
     greedy = {name: json.loads((NANOGPT_FIXTURES / name / "greedy.json").read_text()) for name in FIXTURES}
     jobs = [(str(tmp_path / "models" / n), greedy[n]["prompt_ids"], greedy[n]["max_new_tokens"]) for n in FIXTURES]
     loaded = run(loader, LOAD, json.dumps(jobs), home=tmp_path)
@@ -92,12 +100,21 @@ def test_folder_saved_by_one_release_runs_as_remote_code_on_another(saver, loade
         # the package itself, on this process's release, writes the same text from the same folder
         pipe = pipeline("text-generation", model=AutoModelForCausalLM.from_pretrained(folder), tokenizer=folder)
         assert type(pipe.model).__module__ == "hf_nanogpt.modeling_nanogpt"
-        assert remote["pipeline"] == pipe("ROMEO:", max_new_tokens=PIPELINE_TOKENS, do_sample=False)[0]["generated_text"], name
+        assert (
+            remote["pipeline"] == pipe("ROMEO:", max_new_tokens=PIPELINE_TOKENS, do_sample=False)[0]["generated_text"]
+        ), name
 
 
 def test_other_python_is_usable():
     """HF_NANOGPT_OTHER_PYTHON, when set, must name a Python with torch and transformers (not silently none)."""
-    result = subprocess.run([OTHER, "-c", "import torch, transformers; print(transformers.__version__)"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [OTHER, "-c", "import torch, transformers; print(transformers.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    print(f"this side: transformers {transformers.__version__} (torch {torch.__version__}); other side: {result.stdout.strip()}")
+    print(
+        f"this side: transformers {transformers.__version__} (torch {torch.__version__}); "
+        f"other side: {result.stdout.strip()}"
+    )

@@ -4,7 +4,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,69 +12,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, get_cosine_with_min_lr_schedule_with_warmup, pipeline
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    get_cosine_with_min_lr_schedule_with_warmup,
+    pipeline,
+)
 
-from helpers import FIXTURES, NANOGPT_FIXTURES
+from helpers import (
+    BIN,
+    FIXTURES,
+    NANOGPT_FIXTURES,
+    as_args,
+    free_port,
+    read_log,
+    step_losses,
+    tiny,
+)
 from hf_nanogpt.data.tokens import TokenData
 from hf_nanogpt.data.writing import prepare
 from hf_nanogpt.train import train
 from hf_nanogpt.training.checkpoint import latest_checkpoint
 from hf_nanogpt.training.config import TrainConfig, load_config_file, micro_steps_per_process, parse_args
-from hf_nanogpt.training.evaluation import evaluation_windows
 from hf_nanogpt.training.optim import get_lr
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def char_data(tmp_path_factory) -> Path:
-    """100,000 characters of Shakespeare, prepared with nanoGPT's shakespeare_char vocabulary."""
-    out = tmp_path_factory.mktemp("data") / "shakespeare_char"
-    prepare(FIXTURES / "shakespeare_char" / "input_head.txt", out, tokenizer=str(NANOGPT_FIXTURES / "A_char_nobias" / "meta.pkl"))
-    return out
-
-
-def tiny(char_data: Path, out_dir: Path, **overrides) -> TrainConfig:
-    """A small, fast run of the shakespeare_char_cpu recipe."""
-    values = dict(load_config_file("shakespeare_char_cpu"))
-    values.update(out_dir=str(out_dir), data_dir=str(char_data), n_layer=2, n_head=2, n_embd=32, block_size=32,
-                  batch_size=4, max_iters=30, lr_decay_iters=30, warmup_iters=5, eval_interval=10, eval_iters=4,
-                  log_interval=1, log_with="none", learning_rate=3e-3, dtype="float32")
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-def as_args(cfg: TrainConfig) -> list[str]:
-    return [f"--{k}={v}" for k, v in vars(cfg).items() if v is not None]
-
-
-def read_log(out_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
-
-
-def step_losses(out_dir: Path) -> dict[int, float]:
-    return {r["iter"]: r["loss"] for r in read_log(out_dir) if "loss" in r}
-
-
-def val_losses(out_dir: Path) -> list[float]:
-    return [r["val_loss"] for r in read_log(out_dir) if "val_loss" in r]
-
-
-def one_process_evaluation(cfg: TrainConfig) -> dict[str, float]:
-    """What the trainer's evaluation gives the model in cfg.out_dir, computed here in one process: the mean
-    loss over the evaluation windows, batch by batch."""
-    model = AutoModelForCausalLM.from_pretrained(cfg.out_dir).eval()
-    data = TokenData(cfg.data_dir)
-    losses = {}
-    with torch.no_grad():
-        for split, batches in evaluation_windows(data, cfg.block_size, cfg.batch_size, cfg.eval_iters).items():
-            batch_losses = []
-            for starts in batches:
-                x, y = data.windows(split, starts, cfg.block_size)
-                batch_losses.append(model(x, shift_labels=y).loss)
-            losses[split] = torch.stack(batch_losses).mean().item()
-    return losses
 
 
 # -- the schedule -------------------------------------------------------------------------------------
@@ -168,7 +130,9 @@ def test_prepare_gpt2_folder_and_datasets(tmp_path):
     assert ids[:4] == [24941, 657, 25, 23748] and ids.count(50256) == 9  # <|endoftext|> after each document
     assert not (tmp_path / "bpe" / "meta.pkl").exists()
     datasets = pytest.importorskip("datasets")
-    datasets.Dataset.from_dict({"text": ["first row " * 30, "second row " * 30, "third " * 30]}).save_to_disk(str(tmp_path / "ds"))
+    datasets.Dataset.from_dict({"text": ["first row " * 30, "second row " * 30, "third " * 30]}).save_to_disk(
+        str(tmp_path / "ds")
+    )
     prepare(tmp_path / "ds", tmp_path / "from_ds", tokenizer="char")
     assert TokenData(tmp_path / "from_ds").vocab_size == len(set("first row second row third "))
 
@@ -194,8 +158,17 @@ def test_training_run_writes_a_usable_model(char_data, tmp_path):
     assert history[-1]["val"] < history[0]["val"] - 0.5
     out = tmp_path / "out"
     names = set(os.listdir(out))
-    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md", "loss.png",
-            "modeling_nanogpt.py", "log.jsonl", "checkpoints"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+        "README.md",
+        "loss.png",
+        "modeling_nanogpt.py",
+        "log.jsonl",
+        "checkpoints",
+    } <= names
     assert list((out / "logs").rglob("events.out.tfevents*"))  # tensorboard tracker
     card = (out / "README.md").read_text()
     assert "| 30 |" in card and "loss.png" in card and "shakespeare_char" in card
@@ -229,11 +202,22 @@ def test_gradient_accumulation_scales_the_loss(char_data, tmp_path):
 
 def test_init_from_gpt2_folder_nanogpt_checkpoint_and_block_crop(char_data, tmp_path):
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=64, vocab_size=96)).save_pretrained(tmp_path / "gpt2")
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=64, vocab_size=96)).save_pretrained(
+        tmp_path / "gpt2"
+    )
     result = train(tiny(char_data, tmp_path / "g", init_from=str(tmp_path / "gpt2"), max_iters=3, block_size=32))
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "g").config.activation_function == "gelu_new"
     assert result["iter_num"] == 4
-    train(tiny(char_data, tmp_path / "n", init_from=str(NANOGPT_FIXTURES / "A_char_nobias"), max_iters=3, block_size=32, dropout=0.1))
+    train(
+        tiny(
+            char_data,
+            tmp_path / "n",
+            init_from=str(NANOGPT_FIXTURES / "A_char_nobias"),
+            max_iters=3,
+            block_size=32,
+            dropout=0.1,
+        )
+    )
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "n")
     assert (model.config.block_size, model.config.n_embd, model.config.dropout) == (32, 64, 0.1)  # cropped from 64
     train(tiny(char_data, tmp_path / "f", init_from=str(tmp_path / "n"), max_iters=2))  # a model folder
@@ -302,8 +286,13 @@ def test_interrupted_save_leaves_the_previous_checkpoint(char_data, tmp_path, mo
 
 def run_trainer(cfg: TrainConfig, extra_env=None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "hf_nanogpt.train", *as_args(cfg)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hf_nanogpt.train", *as_args(cfg)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for_checkpoint(out_dir: Path, proc: subprocess.Popen, at_least: int, timeout: float = 240) -> None:
@@ -353,11 +342,19 @@ def test_sigkill_then_resume_is_bit_exact(char_data, tmp_path):
     assert a[60] == b[60]  # bit-exact
     assert all(a[it] == b[it] for it in a)
     assert [r for r in read_log(tmp_path / "full") if "val_loss" in r][-1]["val_loss"] == [
-        r for r in read_log(tmp_path / "cut") if "val_loss" in r][-1]["val_loss"]
+        r for r in read_log(tmp_path / "cut") if "val_loss" in r
+    ][-1]["val_loss"]
 
 
 def test_sigterm_saves_and_exits_cleanly(char_data, tmp_path):
-    cfg = tiny(char_data, tmp_path / "out", max_iters=100000, lr_decay_iters=100000, eval_interval=1000, always_save_checkpoint=True)
+    cfg = tiny(
+        char_data,
+        tmp_path / "out",
+        max_iters=100000,
+        lr_decay_iters=100000,
+        eval_interval=1000,
+        always_save_checkpoint=True,
+    )
     proc = run_trainer(cfg)
     deadline = time.time() + 240
     while not (tmp_path / "out" / "log.jsonl").exists() or len(step_losses(tmp_path / "out")) < 5:
@@ -370,14 +367,17 @@ def test_sigterm_saves_and_exits_cleanly(char_data, tmp_path):
     ckpt = latest_checkpoint(tmp_path / "out")
     stopped_at = json.loads((ckpt / "trainer_state.json").read_text())["iter_num"]
     assert stopped_at == max(step_losses(tmp_path / "out")) + 1
-    result = train(tiny(char_data, tmp_path / "out", init_from="resume", max_iters=stopped_at + 3, lr_decay_iters=100000, eval_interval=1000))
+    result = train(
+        tiny(
+            char_data,
+            tmp_path / "out",
+            init_from="resume",
+            max_iters=stopped_at + 3,
+            lr_decay_iters=100000,
+            eval_interval=1000,
+        )
+    )
     assert result["iter_num"] == stopped_at + 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_push_to_hub_publishes_the_model_not_the_training_state(char_data, tmp_path, monkeypatch, hub):
@@ -386,9 +386,18 @@ def test_push_to_hub_publishes_the_model_not_the_training_state(char_data, tmp_p
     from helpers import WRITE_TOKEN
 
     monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
-    train(tiny(char_data, tmp_path / "out", max_iters=10, push_to_hub="alice/trained-tiny", always_save_checkpoint=True))
+    train(
+        tiny(char_data, tmp_path / "out", max_iters=10, push_to_hub="alice/trained-tiny", always_save_checkpoint=True)
+    )
     files = set(HfApi(token=WRITE_TOKEN).list_repo_files("alice/trained-tiny"))
-    assert {"model.safetensors", "config.json", "modeling_nanogpt.py", "tokenizer.json", "README.md", "loss.png"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "modeling_nanogpt.py",
+        "tokenizer.json",
+        "README.md",
+        "loss.png",
+    } <= files
     assert not any(f.startswith(("checkpoints/", "logs/")) or f == "log.jsonl" for f in files)
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| 10 |" in card
@@ -399,7 +408,12 @@ def test_out_dir_over_the_data_is_refused(char_data, tmp_path):
         train(tiny(char_data, char_data))
     with pytest.raises(ValueError, match="out_dir .* lies inside data_dir"):
         train(tiny(char_data, char_data / "out"))
-    assert not (char_data / "out").exists() and sorted(os.listdir(char_data)) == ["data_info.json", "meta.pkl", "train.bin", "val.bin"]
+    assert not (char_data / "out").exists() and sorted(os.listdir(char_data)) == [
+        "data_info.json",
+        "meta.pkl",
+        "train.bin",
+        "val.bin",
+    ]
 
 
 def test_a_run_removes_what_a_killed_run_left_half_written(char_data, tmp_path, capsys):
@@ -425,8 +439,18 @@ def test_ctrl_c_saves_a_checkpoint_and_a_second_one_stops_at_once(char_data, tmp
     """Ctrl-C is SIGTERM's twin (a checkpoint, one line, exit 130); a second Ctrl-C aborts, without a traceback."""
     cfg = tiny(char_data, tmp_path / "out", max_iters=100000, lr_decay_iters=100000, eval_interval=1000)
     for presses in (1, 2):
-        proc = run_trainer(cfg if presses == 1 else tiny(char_data, tmp_path / "out", init_from="resume", max_iters=100000,
-                                                         lr_decay_iters=100000, eval_interval=1000))
+        proc = run_trainer(
+            cfg
+            if presses == 1
+            else tiny(
+                char_data,
+                tmp_path / "out",
+                init_from="resume",
+                max_iters=100000,
+                lr_decay_iters=100000,
+                eval_interval=1000,
+            )
+        )
         deadline, seen = time.time() + 240, len(step_losses(tmp_path / "out")) if presses == 2 else 0
         while not (tmp_path / "out" / "log.jsonl").exists() or len(step_losses(tmp_path / "out")) < seen + 5:
             assert time.time() < deadline and proc.poll() is None
@@ -447,13 +471,28 @@ def test_ctrl_c_saves_a_checkpoint_and_a_second_one_stops_at_once(char_data, tmp
 def test_the_two_process_config_runs_the_command_in_its_header(char_data, tmp_path):
     """configs/accelerate/cpu_2proc.yaml documents a command; it runs (on this data, briefly)."""
     config = Path(__file__).parents[1] / "configs" / "accelerate" / "cpu_2proc.yaml"
-    command = next(line.lstrip("# ").split() for line in config.read_text().splitlines() if "accelerate launch" in line)
+    command = next(
+        line.lstrip("# ").split() for line in config.read_text().splitlines() if "accelerate launch" in line
+    )
     assert command[:4] == ["accelerate", "launch", "--config_file", "configs/accelerate/cpu_2proc.yaml"]
-    brief = [f"--data_dir={char_data}", f"--out_dir={tmp_path / 'out'}", "--max_iters=2", "--eval_interval=2",
-             "--eval_iters=1", "--n_layer=1", "--n_embd=32", "--n_head=2", "--block_size=32", "--log_with=none", "--compile=False"]
+    brief = [
+        f"--data_dir={char_data}",
+        f"--out_dir={tmp_path / 'out'}",
+        "--max_iters=2",
+        "--eval_interval=2",
+        "--eval_iters=1",
+        "--n_layer=1",
+        "--n_embd=32",
+        "--n_head=2",
+        "--block_size=32",
+        "--log_with=none",
+        "--compile=False",
+    ]
     launch = [str(BIN / "accelerate"), *command[1:4], "--main_process_port", str(free_port()), *command[4:], *brief]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=env, cwd=config.parents[2])  # the repo
+    result = subprocess.run(
+        launch, capture_output=True, text=True, timeout=300, env=env, cwd=config.parents[2]
+    )  # the repo
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "(2 process(es)" in result.stdout
     # without the header's flags the preset stops at once, saying which flags to pass

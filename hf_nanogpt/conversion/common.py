@@ -1,5 +1,5 @@
-"""What every conversion shares: its error type, the keys that are not weights, the output-folder rule, atomic single-file outputs,
-the logits check, and the tanh GELU of the runtimes that have no other."""
+"""What every conversion shares: its error type, the keys that are not weights, the output-folder rule, atomic
+single-file outputs, the logits check, and the tanh GELU of the runtimes that have no other."""
 
 import contextlib
 import os
@@ -32,20 +32,27 @@ def require_writable_output(out_dir: str | os.PathLike, overwrite: bool, source:
     return out_dir
 
 
-def require_writable_file(out_file: str | os.PathLike, overwrite: bool, source: str | os.PathLike, example: str) -> Path:
+def require_writable_file(
+    out_file: str | os.PathLike, overwrite: bool, source: str | os.PathLike, example: str
+) -> Path:
     """`require_writable_output` for an output that is one file (a GGUF, an llm.c .bin): a folder is refused."""
     if Path(out_file).is_dir():
-        raise ConversionError(f"{out_file} is a folder; expected the path of the file to write (e.g. {Path(out_file) / example}).")
+        raise ConversionError(
+            f"{out_file} is a folder; expected the path of the file to write (e.g. {Path(out_file) / example})."
+        )
     return require_writable_output(out_file, overwrite, source)
 
 
 def load_for_export(model_id: str | os.PathLike, trust_remote_code: bool = False):
     """(our model in float32 and eval mode, its tokenizer or None) from a model folder or Hub id: what every
     export starts from. Anything but a nanogpt model is refused."""
-    import hf_nanogpt  # noqa: F401  (registers the nanogpt model type with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.float32, trust_remote_code=trust_remote_code).eval()
+    import hf_nanogpt  # noqa: F401  (registers the nanogpt model type with the Auto classes)
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_id, dtype=torch.float32, trust_remote_code=trust_remote_code
+    ).eval()
     if model.config.model_type != "nanogpt":
         raise ConversionError(
             f"{model_id}: expected a nanogpt model, found model_type {model.config.model_type!r}. "
@@ -93,7 +100,9 @@ def check_logits(model_logits: torch.Tensor, reference: torch.Tensor, what: str,
     tolerance = logits_tolerance(reference)
     log(f"verification: {what}: max |logits difference| = {diff:.3e} (tolerance {tolerance:.1e})")
     if not diff <= tolerance:
-        raise ConversionError(f"conversion check failed: {what}: logits differ by {diff:.3e} (> {tolerance:.1e}); nothing written.")
+        raise ConversionError(
+            f"conversion check failed: {what}: logits differ by {diff:.3e} (> {tolerance:.1e}); nothing written."
+        )
     return diff
 
 
@@ -106,8 +115,10 @@ def use_tanh_gelu(model: nn.Module) -> None:
 
 
 def exact_gelu_warning(model_id, runtime: str) -> str:
-    return (f"warning: {model_id} uses the exact GELU (activation 'gelu', nanoGPT's); {runtime} computes only the tanh "
-            f"approximation (gelu_new), so its logits differ from this model's")
+    return (
+        f"warning: {model_id} uses the exact GELU (activation 'gelu', nanoGPT's); {runtime} computes only the tanh "
+        f"approximation (gelu_new), so its logits differ from this model's"
+    )
 
 
 def logits_change(model: nn.Module, ids: torch.Tensor, change, message: str, log=print, logits=None) -> torch.Tensor:

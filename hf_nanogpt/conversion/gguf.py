@@ -32,8 +32,8 @@ from hf_nanogpt.conversion.common import (
     ConversionError,
     atomic_output_file,
     exact_gelu_warning,
-    logits_change,
     load_for_export,
+    logits_change,
     probe_batch,
     require_writable_file,
     use_tanh_gelu,
@@ -70,7 +70,8 @@ def import_gguf():
         import gguf
     except ImportError as err:
         raise ConversionError(
-            'export gguf writes with llama.cpp\'s `gguf` package, which is not installed: pip install "hf-nanogpt[gguf]"'
+            'export gguf writes with llama.cpp\'s `gguf` package, which is not installed: '
+            'pip install "hf-nanogpt[gguf]"'
         ) from err
     return gguf
 
@@ -126,11 +127,18 @@ def is_gpt2_bpe(tokenizer) -> bool:
         return False
     spec = json.loads(backend.to_str())
     pre = spec.get("pre_tokenizer") or {}
-    return (spec["model"]["type"] == "BPE" and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
-            and not pre.get("add_prefix_space") and spec.get("normalizer") is None)
+    return (
+        spec["model"]["type"] == "BPE"
+        and pre.get("type") == "ByteLevel"
+        and pre.get("use_regex", True)
+        and not pre.get("add_prefix_space")
+        and spec.get("normalizer") is None
+    )
 
 
-def token_list(by_id: dict[int, str], vocab_size: int, pad: str, token_type, added=None) -> tuple[list[str], list[int]]:
+def token_list(
+    by_id: dict[int, str], vocab_size: int, pad: str, token_type, added=None
+) -> tuple[list[str], list[int]]:
     """Tokens and token types for every embedding row, as convert_hf_to_gguf.py's get_vocab_base types
     them: added tokens (`added`: id -> special?) CONTROL if special else USER_DEFINED, the rest NORMAL,
     and rows no token uses `pad` (UNUSED)."""
@@ -142,7 +150,9 @@ def token_list(by_id: dict[int, str], vocab_size: int, pad: str, token_type, add
             types.append(token_type.UNUSED)
         else:
             tokens.append(by_id[i])
-            types.append(token_type.NORMAL if i not in added else token_type.CONTROL if added[i] else token_type.USER_DEFINED)
+            types.append(
+                token_type.NORMAL if i not in added else token_type.CONTROL if added[i] else token_type.USER_DEFINED
+            )
     return tokens, types
 
 
@@ -152,7 +162,9 @@ def add_vocab(writer, tokenizer, folder: Path, vocab_size: int, gguf) -> str:
         raise ConversionError(f"{folder}: no tokenizer; llama.cpp needs one inside the GGUF ({SUPPORTED_TOKENIZERS}).")
     vocab = tokenizer.get_vocab()
     if max(vocab.values()) >= vocab_size:
-        raise ConversionError(f"{folder}: the tokenizer has ids up to {max(vocab.values())}, the model only {vocab_size} embeddings.")
+        raise ConversionError(
+            f"{folder}: the tokenizer has ids up to {max(vocab.values())}, the model only {vocab_size} embeddings."
+        )
     by_id = {i: token for token, i in vocab.items()}
     n_pad = vocab_size - len(by_id)
     stoi = char_vocab(tokenizer)
@@ -177,7 +189,9 @@ def add_vocab(writer, tokenizer, folder: Path, vocab_size: int, gguf) -> str:
     writer.add_token_types(types)
     special_vocab = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)  # merges, bos/eos/pad ids
     if not special_vocab.merges:
-        raise ConversionError(f"{folder}: no BPE merges found in the tokenizer files; llama.cpp cannot tokenize without them.")
+        raise ConversionError(
+            f"{folder}: no BPE merges found in the tokenizer files; llama.cpp cannot tokenize without them."
+        )
     special_vocab.add_to_gguf(writer, quiet=True)
     return f"GPT-2 BPE ({len(by_id)} tokens, {len(special_vocab.merges)} merges, {n_pad} padding rows)"
 
@@ -196,7 +210,8 @@ def gguf_writer_for(model, tokenizer, folder: Path, name: str, outtype: str, ggu
         qtype = ggml_type(tensor_name, tensor, outtype, gguf)
         writer.add_tensor(tensor_name, gguf.quants.quantize(tensor.detach().float().numpy(), qtype), raw_dtype=qtype)
         types.setdefault(qtype.name, []).append(tensor_name)
-    # name, size label, model card tags and sampling defaults (generation_config.json), read as convert_hf_to_gguf.py does
+    # name, size label, model card tags and sampling defaults (generation_config.json), read as
+    # convert_hf_to_gguf.py does
     metadata = gguf.Metadata.load(None, folder, name, writer.get_total_parameter_count()[0])
     metadata.size_label = metadata.size_label or gguf.size_label(*writer.get_total_parameter_count())
     writer.add_type(gguf.GGUFType.MODEL)
@@ -245,8 +260,10 @@ def export_gguf(
             writer.write_tensors_to_file()
         finally:
             writer.close()
-    log(f"wrote {out_file}: GGUF for llama.cpp (architecture {ARCH}), {config.n_layer} layers, {config.n_head} heads, "
-        f"{config.n_embd} dims, context {config.block_size}; tokenizer {tok_desc}")
+    log(
+        f"wrote {out_file}: GGUF for llama.cpp (architecture {ARCH}), {config.n_layer} layers, {config.n_head} heads, "
+        f"{config.n_embd} dims, context {config.block_size}; tokenizer {tok_desc}"
+    )
     for qtype, members in sorted(types.items()):
         log(f"  {qtype}: {describe(members)}")
     return out_file
@@ -268,7 +285,8 @@ def llama_cpp_perplexity(model, ids: torch.Tensor, n_ctx: int) -> float:
 
 
 def describe(names: list[str]) -> str:
-    """A list of GGUF tensor names, layers folded: blk.0.attn_qkv.weight, blk.1.attn_qkv.weight -> blk.N.attn_qkv.weight."""
+    """A list of GGUF tensor names, layers folded: blk.0.attn_qkv.weight, blk.1.attn_qkv.weight ->
+    blk.N.attn_qkv.weight."""
     return ", ".join(dict.fromkeys(re.sub(r"^blk\.\d+\.", "blk.N.", name) for name in names))
 
 

@@ -23,7 +23,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
 
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
-from hf_nanogpt.conversion.common import DROPPED_KEYS, ConversionError, check_logits, load_for_export, probe_batch, require_writable_output
+from hf_nanogpt.conversion.common import (
+    DROPPED_KEYS,
+    ConversionError,
+    check_logits,
+    load_for_export,
+    probe_batch,
+    require_writable_output,
+)
 from hf_nanogpt.conversion.nanogpt import expected_shapes, model_from_state_dict
 from hf_nanogpt.model_card import GPT2_HUB_IDS, base_model_id, field_table, model_shape, render_model_card
 from hf_nanogpt.saving import atomic_output_dir, generation_config_for, write_model_folder
@@ -53,7 +60,12 @@ UNSUPPORTED = {
     "scale_attn_by_inverse_layer_idx": False,
     "add_cross_attention": False,
 }
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 HUB_IDS_HELP = f"{', '.join(GPT2_HUB_IDS)} (or openai-community/...)"
 
 
@@ -75,8 +87,10 @@ def resolve_source(src: str | os.PathLike) -> Path:
         return Path(snapshot_download(str(src), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
     except Exception as err:  # offline, unknown repo, gated repo...
         raise ConversionError(
-            f"Could not download {src!r} from the Hugging Face Hub ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            f"Without network access, fetch the model elsewhere (`hf download {src} --local-dir ./{Path(str(src)).name}`) "
+            f"Could not download {src!r} from the Hugging Face Hub "
+            f"({type(err).__name__}: {str(err).splitlines()[0]}). "
+            f"Without network access, fetch the model elsewhere "
+            f"(`hf download {src} --local-dir ./{Path(str(src)).name}`) "
             f"and pass the local folder: hf-nanogpt convert gpt2 ./{Path(str(src)).name} OUT"
         ) from err
 
@@ -130,7 +144,9 @@ def iter_source_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
         except ConversionError:
             raise
         except Exception as err:
-            raise ConversionError(f"{path}: unreadable weights ({type(err).__name__}: {str(err).splitlines()[0]}).") from err
+            raise ConversionError(
+                f"{path}: unreadable weights ({type(err).__name__}: {str(err).splitlines()[0]})."
+            ) from err
 
 
 def to_nanogpt_key(key: str) -> str | None:
@@ -170,7 +186,9 @@ def load_converted_state_dict(folder: Path, config: NanoGPTConfig) -> dict[str, 
     head = state_dict.get("lm_head.weight")
     wte = state_dict.get("transformer.wte.weight")
     if head is not None and wte is not None and not torch.equal(head, wte):
-        raise ConversionError(f"{folder}: lm_head.weight differs from transformer.wte.weight; GPT-2 and nanoGPT tie them.")
+        raise ConversionError(
+            f"{folder}: lm_head.weight differs from transformer.wte.weight; GPT-2 and nanoGPT tie them."
+        )
     if wte is not None:
         state_dict["lm_head.weight"] = wte
     missing = sorted(set(expected) - set(state_dict))
@@ -190,7 +208,9 @@ def source_tokenizer(folder: Path, vocab_size: int):
         return tok, f"tokenizer from {folder}"
     tok = gpt2_tokenizer()
     if vocab_size < len(tok):
-        raise ConversionError(f"{folder}: no tokenizer files, and vocab_size {vocab_size} is smaller than GPT-2 BPE's {len(tok)}.")
+        raise ConversionError(
+            f"{folder}: no tokenizer files, and vocab_size {vocab_size} is smaller than GPT-2 BPE's {len(tok)}."
+        )
     return tok, "GPT-2 BPE (bundled; the source has no tokenizer files)"
 
 
@@ -252,7 +272,10 @@ def convert_gpt2(src: str | os.PathLike, out_dir: str | os.PathLike, overwrite: 
         # one model in memory at a time: ours reloaded from disk, then the source through transformers
         ours = nanogpt_logits(tmp, ids)
         check_logits(ours, gpt2_logits(folder, ids), "written folder vs GPT2LMHeadModel", log)
-    log(f"wrote {out_dir}: {n_params / 1e6:.2f}M parameters, activation {config.activation_function}, tokenizer {tok_desc}")
+    log(
+        f"wrote {out_dir}: {n_params / 1e6:.2f}M parameters, "
+        f"activation {config.activation_function}, tokenizer {tok_desc}"
+    )
     return out_dir
 
 
@@ -285,7 +308,8 @@ def gpt2_model_card(src: str, config: NanoGPTConfig, tok_desc: str, name: str, n
 def gpt2_config_from_nanogpt(config: NanoGPTConfig) -> GPT2Config:
     return GPT2Config(
         **{theirs: getattr(config, ours) for theirs, ours in CONFIG_FIELDS.items()},  # a padded vocab is kept
-        n_ctx=config.block_size,  # what llama.cpp's convert_hf_to_gguf.py reads as the context length (Hub gpt2 has it)
+        # what llama.cpp's convert_hf_to_gguf.py reads as the context length (Hub gpt2 has it)
+        n_ctx=config.block_size,
         embd_pdrop=config.dropout,
         attn_pdrop=config.dropout,
         tie_word_embeddings=True,
@@ -293,7 +317,9 @@ def gpt2_config_from_nanogpt(config: NanoGPTConfig) -> GPT2Config:
     )
 
 
-def to_gpt2_state_dict(tensors: Iterator[tuple[str, torch.Tensor]], gpt2_config: GPT2Config) -> dict[str, torch.Tensor]:
+def to_gpt2_state_dict(
+    tensors: Iterator[tuple[str, torch.Tensor]], gpt2_config: GPT2Config
+) -> dict[str, torch.Tensor]:
     """Our (name, tensor) stream in GPT-2's layout; bias=False models get zero biases (the same function)."""
     with torch.device("meta"):
         expected = GPT2LMHeadModel(gpt2_config).state_dict()
@@ -314,7 +340,13 @@ def to_gpt2_state_dict(tensors: Iterator[tuple[str, torch.Tensor]], gpt2_config:
     return state_dict
 
 
-def export_gpt2(model_id: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, trust_remote_code: bool = False, log=print) -> Path:
+def export_gpt2(
+    model_id: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    log=print,
+) -> Path:
     """A hf_nanogpt model folder (or Hub id) -> a GPT2LMHeadModel folder stock transformers loads with no
     custom code, checked against the source (logits within 1e-5). One model in memory at a time."""
     out_dir = require_writable_output(out_dir, overwrite, source=model_id)

@@ -55,7 +55,16 @@ from hf_nanogpt.saving import atomic_output_dir, write_model_folder
 from hf_nanogpt.tokenization import gpt2_tokenizer, load_tokenizer
 
 MAGIC = 20240326  # llm.c model files (train_gpt2.py write_model, gpt2_build_from_checkpoint)
-HEADER_FIELDS = ("magic", "version", "maxT", "V", "L", "NH", "C", "Vp")  # of llm.c's 256-int32 header (data/shards.py); the parameters follow
+HEADER_FIELDS = (
+    "magic",
+    "version",
+    "maxT",
+    "V",
+    "L",
+    "NH",
+    "C",
+    "Vp",
+)  # of llm.c's 256-int32 header (data/shards.py); the parameters follow
 VERSIONS = {3: "float32", 5: "bfloat16"}  # model-file versions with a padded vocabulary (llm.c reads only these)
 FILE_DTYPES = {"float32": np.dtype("<f4"), "bfloat16": np.dtype("<i2")}  # bfloat16 travels as int16 bit patterns
 VOCAB_MULTIPLE = 128  # llm.c pads the vocabulary to a multiple of 128 (pad_vocab in train_gpt2.py)
@@ -128,15 +137,22 @@ def read_header(path: Path) -> dict:
         )
     for name in ("maxT", "V", "L", "NH", "C", "Vp"):
         if header[name] <= 0:
-            raise ConversionError(f"{path}: header field {name} is {header[name]}, expected a positive integer. {redo}")
+            raise ConversionError(
+                f"{path}: header field {name} is {header[name]}, expected a positive integer. {redo}"
+            )
     if header["C"] % header["NH"]:
         raise ConversionError(
-            f"{path}: channels C = {header['C']} is not a multiple of the heads NH = {header['NH']}; no GPT has that shape. {redo}"
+            f"{path}: channels C = {header['C']} is not a multiple of the heads NH = {header['NH']}; "
+            f"no GPT has that shape. {redo}"
         )
     if header["V"] > header["Vp"]:
-        raise ConversionError(f"{path}: vocabulary V = {header['V']} exceeds the padded rows Vp = {header['Vp']}. {redo}")
-    says = (f"version {header['version']}, maxT {header['maxT']}, L {header['L']}, C {header['C']}, Vp {header['Vp']}: "
-            f"{num_parameters(header):,} parameters")
+        raise ConversionError(
+            f"{path}: vocabulary V = {header['V']} exceeds the padded rows Vp = {header['Vp']}. {redo}"
+        )
+    says = (
+        f"version {header['version']}, maxT {header['maxT']}, L {header['L']}, C {header['C']}, Vp {header['Vp']}: "
+        f"{num_parameters(header):,} parameters"
+    )
     shards.check_size(path, size, expected_file_size(header), says, "parameters", redo, ConversionError)
     return header
 
@@ -172,7 +188,9 @@ def write_llmc(path: Path, header: dict, state_dict: dict[str, torch.Tensor]) ->
                 raise ConversionError(f"llm.c needs {key} (its {name}), which the model does not have.")
             pad_rows = shape[0] - tensor.shape[0] if key == WTE else 0
             if tuple(tensor.shape) != (shape[0] - pad_rows, *shape[1:]):
-                raise ConversionError(f"{key}: shape {tuple(tensor.shape)}, but llm.c's {name} needs {shape} by the header.")
+                raise ConversionError(
+                    f"{key}: shape {tuple(tensor.shape)}, but llm.c's {name} needs {shape} by the header."
+                )
             write_tensor(f, tensor, dtype)
             if pad_rows:
                 write_tensor(f, torch.zeros(pad_rows, *shape[1:]), dtype)
@@ -230,7 +248,8 @@ def llmc_tokenizer(path: Path, V: int, spec: str | None):
     else:
         raise ConversionError(
             f"{path}: a vocabulary of V = {V} tokens, not GPT-2's {GPT2_VOCAB}: pass the tokenizer the model was "
-            f"trained with, --tokenizer DIR (a saved tokenizer, or GPT-2 BPE files) or --tokenizer meta.pkl (char level)."
+            f"trained with, --tokenizer DIR (a saved tokenizer, or GPT-2 BPE files) "
+            f"or --tokenizer meta.pkl (char level)."
         )
     if len(tokenizer) != V:
         raise ConversionError(
@@ -276,8 +295,10 @@ def convert_llmc(
         del model, state
         gc.collect()  # one copy of the weights at a time: the reloaded folder replaces the file's
         check_logits(reload_logits(tmp, ids), reference, "written folder vs llm.c's forward of the file", log)
-    log(f"wrote {out_dir}: {n_params / 1e6:.2f}M parameters, vocab {header['V']} (padded to {header['Vp']}), "
-        f"activation gelu_new, tokenizer {tok_desc}")
+    log(
+        f"wrote {out_dir}: {n_params / 1e6:.2f}M parameters, vocab {header['V']} (padded to {header['Vp']}), "
+        f"activation gelu_new, tokenizer {tok_desc}"
+    )
     return out_dir
 
 
@@ -285,7 +306,9 @@ def llmc_model_card(src: Path, header: dict, tok_desc: str, name: str, n_params:
     details = {
         "source": f"`{src.name}` (llm.c model file, version {header['version']}, {VERSIONS[header['version']]})",
         "shape": model_shape(header["L"], header["NH"], header["C"], header["maxT"]),
-        "vocabulary": f"{header['V']} tokens, {header['Vp']} rows (llm.c's padding; ids >= {header['V']} are never generated)",
+        "vocabulary": (
+            f"{header['V']} tokens, {header['Vp']} rows (llm.c's padding; ids >= {header['V']} are never generated)"
+        ),
         "activation": "gelu_new (llm.c's tanh GELU)",
         "tokenizer": tok_desc,
         "parameters": f"{n_params / 1e6:.2f}M",
@@ -326,8 +349,13 @@ def llmc_reference_logits(model, ids: torch.Tensor, dtype: str, model_id, log=pr
     if config.activation_function == "gelu":
         changes.append((exact_gelu_warning(model_id, "llm.c"), use_tanh_gelu))
     if not math.isclose(config.layer_norm_epsilon, LAYER_NORM_EPS):
-        changes.append((f"warning: {model_id} has layer_norm_epsilon {config.layer_norm_epsilon}; llm.c's is fixed at "
-                        f"{LAYER_NORM_EPS}", llmc_eps))
+        changes.append(
+            (
+                f"warning: {model_id} has layer_norm_epsilon {config.layer_norm_epsilon}; llm.c's is fixed at "
+                f"{LAYER_NORM_EPS}",
+                llmc_eps,
+            )
+        )
     if dtype == "bfloat16":
         changes.append(("bfloat16 (version 5): weights rounded once to bfloat16", round_to_bfloat16))
     with torch.no_grad():
@@ -357,9 +385,18 @@ def export_llmc(
     config = model.config
     V = len(tokenizer) if tokenizer is not None else config.vocab_size
     if V > config.vocab_size:
-        raise ConversionError(f"{model_id}: the tokenizer has {V} tokens but the model only {config.vocab_size} embeddings.")
-    header = {"version": version, "maxT": config.block_size, "V": V, "L": config.n_layer, "NH": config.n_head,
-              "C": config.n_embd, "Vp": padded_vocab(config.vocab_size)}
+        raise ConversionError(
+            f"{model_id}: the tokenizer has {V} tokens but the model only {config.vocab_size} embeddings."
+        )
+    header = {
+        "version": version,
+        "maxT": config.block_size,
+        "V": V,
+        "L": config.n_layer,
+        "NH": config.n_head,
+        "C": config.n_embd,
+        "Vp": padded_vocab(config.vocab_size),
+    }
     ids = probe_batch(config.block_size, V)
     reference = llmc_reference_logits(model, ids, dtype, model_id, log)
 
@@ -370,8 +407,10 @@ def export_llmc(
         _, params = read_llmc(tmp)  # back as llm.c reads it, header and size checks included
         logits = llmc_logits(params, header, ids)[..., : reference.shape[-1]]  # the zero rows added give logits 0
         check_logits(logits, reference, "llm.c's forward of the written file vs source", log)
-    log(f"wrote {out_bin}: llm.c version {version} ({dtype}), V {V} padded to Vp {header['Vp']}, "
-        f"{header['L']} layers, {header['NH']} heads, {header['C']} dims, maxT {header['maxT']}")
+    log(
+        f"wrote {out_bin}: llm.c version {version} ({dtype}), V {V} padded to Vp {header['Vp']}, "
+        f"{header['L']} layers, {header['NH']} heads, {header['C']} dims, maxT {header['maxT']}"
+    )
     return out_bin
 
 

@@ -20,10 +20,24 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
-from hf_nanogpt.conversion.common import DROPPED_KEYS, ConversionError, check_logits, load_for_export, probe_batch, require_writable_output
+from hf_nanogpt.conversion.common import (
+    DROPPED_KEYS,
+    ConversionError,
+    check_logits,
+    load_for_export,
+    probe_batch,
+    require_writable_output,
+)
 from hf_nanogpt.model_card import GPT2_HUB_IDS, field_table, hub_datasets, model_shape, render_model_card
 from hf_nanogpt.saving import atomic_output_dir, write_model_folder
-from hf_nanogpt.tokenization import char_tokenizer, char_vocab, gpt2_tokenizer, load_tokenizer, read_meta_pkl, write_meta_pkl
+from hf_nanogpt.tokenization import (
+    char_tokenizer,
+    char_vocab,
+    gpt2_tokenizer,
+    load_tokenizer,
+    read_meta_pkl,
+    write_meta_pkl,
+)
 
 # nanoGPT GPTConfig fields stored as checkpoint["model_args"]
 MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
@@ -121,7 +135,11 @@ def check_state_dict(state_dict: dict, config: NanoGPTConfig, path: Path) -> dic
             f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
             f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}."
         )
-    wrong = [f"{k}: expected {tuple(s)}, found {tuple(state_dict[k].shape)}" for k, s in expected.items() if state_dict[k].shape != s]
+    wrong = [
+        f"{k}: expected {tuple(s)}, found {tuple(state_dict[k].shape)}"
+        for k, s in expected.items()
+        if state_dict[k].shape != s
+    ]
     if wrong:
         raise CheckpointError(f"{path}: shapes disagree with model_args: " + "; ".join(wrong[:8]))
     return state_dict
@@ -157,7 +175,9 @@ def find_meta(ckpt_path: Path, dataset: str | None) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
-def resolve_tokenizer(ckpt_path: Path, ckpt: dict, tokenizer: str | None, meta: str | None) -> tuple[PreTrainedTokenizerBase, str]:
+def resolve_tokenizer(
+    ckpt_path: Path, ckpt: dict, tokenizer: str | None, meta: str | None
+) -> tuple[PreTrainedTokenizerBase, str]:
     """--meta, else --tokenizer, else a meta.pkl found as sample.py finds it, else GPT-2 BPE."""
     if meta is not None and tokenizer is not None:
         raise ValueError("Pass either --meta or --tokenizer, not both.")
@@ -242,7 +262,13 @@ def convert_nanogpt(
         reference_logits = model(ids).logits
 
     with atomic_output_dir(out_dir, overwrite=True) as tmp:  # OUT was checked above, before any work
-        write_model_folder(model, tmp, tok, model_card=card, extra_files={METADATA_FILE: json.dumps(info, indent=2, default=str) + "\n"})
+        write_model_folder(
+            model,
+            tmp,
+            tok,
+            model_card=card,
+            extra_files={METADATA_FILE: json.dumps(info, indent=2, default=str) + "\n"},
+        )
         # Drop the source (memory-mapped checkpoint and the model on it) before reloading, so that
         # memory never holds two copies of the weights.
         del model, state_dict, ckpt
@@ -268,7 +294,16 @@ def nanogpt_model_card(info: dict, config: NanoGPTConfig, tok_desc: str, name: s
     }
     if info.get("cropped_vocab_to"):
         details["vocabulary"] = f"cropped to the tokenizer's {info['cropped_vocab_to']} tokens"
-    keep = ("batch_size", "block_size", "gradient_accumulation_steps", "learning_rate", "max_iters", "weight_decay", "dropout", "dtype")
+    keep = (
+        "batch_size",
+        "block_size",
+        "gradient_accumulation_steps",
+        "learning_rate",
+        "max_iters",
+        "weight_decay",
+        "dropout",
+        "dtype",
+    )
     training = field_table({k: train_config[k] for k in keep if k in train_config}, "setting")
     return render_model_card(
         title=f"{name}: a nanoGPT model",
@@ -279,7 +314,9 @@ def nanogpt_model_card(info: dict, config: NanoGPTConfig, tok_desc: str, name: s
         ),
         sections={"Source": field_table(details), "Training settings": training or "unknown"},
         model_ref=name,
-        base_model=GPT2_HUB_IDS.get(train_config.get("init_from")),  # fine-tuned from GPT-2; else from scratch or unknown
+        base_model=GPT2_HUB_IDS.get(
+            train_config.get("init_from")
+        ),  # fine-tuned from GPT-2; else from scratch or unknown
         datasets=hub_datasets(dataset),
     )
 
@@ -288,7 +325,9 @@ def nanogpt_model_card(info: dict, config: NanoGPTConfig, tok_desc: str, name: s
 # Hugging Face -> nanoGPT
 
 
-def nanogpt_optimizer_state(model: NanoGPTForCausalLM, weight_decay: float, learning_rate: float, betas: tuple) -> dict:
+def nanogpt_optimizer_state(
+    model: NanoGPTForCausalLM, weight_decay: float, learning_rate: float, betas: tuple
+) -> dict:
     """A fresh AdamW state_dict grouped as nanoGPT's configure_optimizers groups parameters (2-D and up
     decayed, the rest not), so that train.py's `optimizer.load_state_dict` accepts it on resume."""
     from hf_nanogpt.training.optim import nanogpt_param_groups
@@ -312,8 +351,11 @@ def export_nanogpt(
     model, tokenizer = load_for_export(model_id, trust_remote_code)
     config = model.config
     if config.activation_function != "gelu":
-        log(f"warning: {model_id} uses activation {config.activation_function!r}; nanoGPT's model.py always uses the "
-            f"exact GELU, so its logits will differ slightly from this model's (as with nanoGPT's own from_pretrained('gpt2')).")
+        log(
+            f"warning: {model_id} uses activation {config.activation_function!r}; nanoGPT's model.py always uses the "
+            f"exact GELU, so its logits will differ slightly from this model's "
+            f"(as with nanoGPT's own from_pretrained('gpt2'))."
+        )
     if not math.isclose(config.layer_norm_epsilon, 1e-5):
         log(f"warning: layer_norm_epsilon {config.layer_norm_epsilon} differs from nanoGPT's fixed 1e-5.")
 
@@ -324,12 +366,18 @@ def export_nanogpt(
         train_config["dataset"] = dataset or Path(out_dir).name
     ckpt = {
         "model": {k: v.contiguous() for k, v in model.state_dict().items()},  # lm_head and wte share storage
-        **({"optimizer": nanogpt_optimizer_state(
-            model,
-            train_config.get("weight_decay", 0.1),
-            train_config.get("learning_rate", 6e-4),
-            (train_config.get("beta1", 0.9), train_config.get("beta2", 0.95)),
-        )} if optimizer == "adamw" else {}),  # nanoGPT's train.py has AdamW only
+        **(
+            {
+                "optimizer": nanogpt_optimizer_state(
+                    model,
+                    train_config.get("weight_decay", 0.1),
+                    train_config.get("learning_rate", 6e-4),
+                    (train_config.get("beta1", 0.9), train_config.get("beta2", 0.95)),
+                )
+            }
+            if optimizer == "adamw"
+            else {}
+        ),  # nanoGPT's train.py has AdamW only
         "model_args": {
             "n_layer": config.n_layer,
             "n_head": config.n_head,
@@ -350,13 +398,17 @@ def export_nanogpt(
             write_meta_pkl(tmp / "meta.pkl", stoi)
     log(f"wrote {Path(out_dir) / 'ckpt.pt'} (iter_num {ckpt['iter_num']}, dataset {train_config['dataset']!r})")
     if "optimizer" not in ckpt:
-        log(f"note: {model_id} was trained with optimizer={optimizer} ({TRAINING_CONFIG_FILE}) and nanoGPT's train.py "
+        log(
+            f"note: {model_id} was trained with optimizer={optimizer} ({TRAINING_CONFIG_FILE}) and nanoGPT's train.py "
             f"has AdamW only, so ckpt.pt has no optimizer entry: sample.py runs on it, train.py --init_from=resume "
             f"does not (it loads checkpoint['optimizer']); continue training with `hf-nanogpt train "
-            f"--init_from={model_id} --optimizer={optimizer}`.")
+            f"--init_from={model_id} --optimizer={optimizer}`."
+        )
     if stoi is not None:
-        log(f"wrote {Path(out_dir) / 'meta.pkl'}: for nanoGPT's sample.py, copy it to "
-            f"data/{train_config['dataset']}/meta.pkl in your nanoGPT checkout.")
+        log(
+            f"wrote {Path(out_dir) / 'meta.pkl'}: for nanoGPT's sample.py, copy it to "
+            f"data/{train_config['dataset']}/meta.pkl in your nanoGPT checkout."
+        )
     elif tokenizer is None or len(tokenizer) != 50257:
         log("warning: the tokenizer is neither char level nor GPT-2 BPE; nanoGPT's sample.py assumes GPT-2 BPE.")
     return Path(out_dir)

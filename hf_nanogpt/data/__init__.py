@@ -22,7 +22,13 @@ encoding machinery.
 
 import importlib
 
-HOMES = {"TokenData": "tokens", "prepare": "writing", "open_source": "sources", "read_shard": "shards", "write_shard": "shards"}
+HOMES = {
+    "TokenData": "tokens",
+    "prepare": "writing",
+    "open_source": "sources",
+    "read_shard": "shards",
+    "write_shard": "shards",
+}
 
 
 def __getattr__(name: str):

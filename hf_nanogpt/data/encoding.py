@@ -16,7 +16,9 @@ import numpy as np
 
 from ..tokenization import CHAR_UNKNOWN, GPT2_BPE_DIR, GPT2_EOS, char_vocab
 
-SEGMENT_CHARS = 1 << 14  # text encoded in one call: tokenizers is fastest on pieces of 10-20k characters (BENCHMARKS.md)
+SEGMENT_CHARS = (
+    1 << 14
+)  # text encoded in one call: tokenizers is fastest on pieces of 10-20k characters (BENCHMARKS.md)
 ENCODE_BATCH = 64  # segments per encode_batch_fast call in a worker
 
 # ---------------------------------------------------------------------------------------------------
@@ -136,8 +138,12 @@ def tiktoken_gpt2():
 
     to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
     vocab = json.loads((GPT2_BPE_DIR / "encoder.json").read_text(encoding="utf-8"))
-    ranks = {bytes(to_byte[c] for c in token): rank for token, rank in vocab.items() if token != GPT2_EOS}  # ids are merge ranks
-    return tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={GPT2_EOS: vocab[GPT2_EOS]})
+    ranks = {
+        bytes(to_byte[c] for c in token): rank for token, rank in vocab.items() if token != GPT2_EOS
+    }  # ids are merge ranks
+    return tiktoken.Encoding(
+        "gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={GPT2_EOS: vocab[GPT2_EOS]}
+    )
 
 
 class Encoder:
@@ -174,8 +180,10 @@ class Encoder:
             if CHAR_UNKNOWN not in str(err):
                 raise
             missing = sorted(set("".join(texts)) - set(self.backend.get_vocab()))
-            raise ValueError(f"the text has characters the char-level vocabulary does not have: {''.join(missing)!r}; "
-                             f"use --tokenizer char to build the vocabulary from this text.") from None
+            raise ValueError(
+                f"the text has characters the char-level vocabulary does not have: {''.join(missing)!r}; "
+                f"use --tokenizer char to build the vocabulary from this text."
+            ) from None
 
     def __call__(self, segments: list[tuple[str, bool]]) -> tuple[np.ndarray, int]:
         """(ids of the segments, an <|endoftext|> after each marked one; UTF-8 bytes encoded)."""
@@ -228,7 +236,9 @@ def worker_pool(num_proc: int, encoder: Encoder):
     return multiprocessing.get_context(method).Pool(num_proc, initializer=_start_worker, initargs=(encoder,))
 
 
-def encode_pieces(work: Iterable[Piece], encoder: Encoder, num_proc: int, in_flight: int) -> Iterator[tuple[str, np.ndarray, int]]:
+def encode_pieces(
+    work: Iterable[Piece], encoder: Encoder, num_proc: int, in_flight: int
+) -> Iterator[tuple[str, np.ndarray, int]]:
     """(split, ids, UTF-8 bytes) per piece, in order: here (num_proc 1), or in `num_proc` worker processes
     with at most `in_flight` pieces handed out at once (Pool.imap would read the whole input ahead)."""
     if num_proc == 1:

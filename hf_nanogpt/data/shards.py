@@ -41,24 +41,34 @@ def header_bytes(*fields: int) -> bytes:
     return header.tobytes()
 
 
-def read_header(path: Path, magics: Iterable[int], kind: str, redo: str, error: type[Exception] = ValueError) -> tuple[list[int], int]:
+def read_header(
+    path: Path, magics: Iterable[int], kind: str, redo: str, error: type[Exception] = ValueError
+) -> tuple[list[int], int]:
     """(the header's 256 ints, the file's size in bytes), once the file holds a header whose magic number
     is one of `magics`; else `error` naming the file, what it is and, in `redo`, how to write it again."""
     size = path.stat().st_size
     if size < HEADER_BYTES:
-        raise error(f"{path}: {size} bytes, shorter than the {HEADER_BYTES:,}-byte header of {kind}: truncated? {redo}")
+        raise error(
+            f"{path}: {size} bytes, shorter than the {HEADER_BYTES:,}-byte header of {kind}: truncated? {redo}"
+        )
     ints = np.fromfile(path, dtype="<i4", count=HEADER_INTS).tolist()
     if ints[0] not in magics:
         expected = " or ".join(f"{m} ({LLMC_MAGICS[m]})" for m in magics)
-        raise error(f"{path}: magic number {ints[0]}, expected {expected}: this is {LLMC_MAGICS.get(ints[0], f'not {kind}')}.")
+        raise error(
+            f"{path}: magic number {ints[0]}, expected {expected}: this is {LLMC_MAGICS.get(ints[0], f'not {kind}')}."
+        )
     return ints, size
 
 
-def check_size(path: Path, size: int, expected: int, says: str, contents: str, redo: str, error: type[Exception] = ValueError) -> None:
+def check_size(
+    path: Path, size: int, expected: int, says: str, contents: str, redo: str, error: type[Exception] = ValueError
+) -> None:
     """The file's size is the one its header gives (`says`: what the header says, in words)."""
     if size != expected:
         how = "truncated" if size < expected else f"{size - expected:,} bytes longer than its {contents}"
-        raise error(f"{path}: {size:,} bytes, but its header says {says} ({expected:,} bytes with the header): {how}. {redo}")
+        raise error(
+            f"{path}: {size:,} bytes, but its header says {says} ({expected:,} bytes with the header): {how}. {redo}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".text", ".rst")
-DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}  # datasets' loaders
+DATA_FILE_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".arrow": "arrow",
+}  # datasets' loaders
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # datasets reads these compressed data files as they are
 
 READ_CHARS = 1 << 20  # characters per read from a text file
@@ -44,20 +50,27 @@ def is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
 
 
-def open_source(source: str | os.PathLike, text_column: str = "text", split: str = "train",
-                dataset_config: str | None = None) -> Source:
+def open_source(
+    source: str | os.PathLike, text_column: str = "text", split: str = "train", dataset_config: str | None = None
+) -> Source:
     """A text file (one document); a folder of text files (one document each, sorted by path); else a
     `datasets` data set (`dataset_source`)."""
     path = Path(source)
     if dataset_config is not None and path.exists():
-        raise ValueError(f"--dataset_config {dataset_config!r} names a configuration of a Hub data set; {source} is a local path.")
+        raise ValueError(
+            f"--dataset_config {dataset_config!r} names a configuration of a Hub data set; {source} is a local path."
+        )
     if path.is_file() and data_file_builder(path) is None:
         return Source(lambda: iter([read_blocks(path)]), 1, str(path), path.stat().st_size)
     if path.is_dir() and not is_saved_dataset(path):
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
         if files:
-            return Source(lambda: (read_blocks(p) for p in files), len(files), f"{len(files)} files under {path}",
-                          sum(p.stat().st_size for p in files))
+            return Source(
+                lambda: (read_blocks(p) for p in files),
+                len(files),
+                f"{len(files)} files under {path}",
+                sum(p.stat().st_size for p in files),
+            )
     return dataset_source(source, text_column, split, dataset_config)
 
 
@@ -69,35 +82,47 @@ def dataset_source(source: str | os.PathLike, text_column: str, split: str, data
     try:
         import datasets
     except ImportError as err:
-        raise FileNotFoundError(f"{source}: not a text file or folder; to read a `datasets` data set, pip install datasets.") from err
+        raise FileNotFoundError(
+            f"{source}: not a text file or folder; to read a `datasets` data set, pip install datasets."
+        ) from err
     path = Path(source)
     files = [path] if path.is_file() else []
     if path.is_dir() and not is_saved_dataset(path):
         files = sorted(p for p in path.rglob("*") if p.is_file() and data_file_builder(p))
         if not files:
-            raise FileNotFoundError(f"{path}: no text files ({', '.join(TEXT_SUFFIXES)}), data files "
-                                    f"({', '.join(DATA_FILE_BUILDERS)}) or saved data set found.")
+            raise FileNotFoundError(
+                f"{path}: no text files ({', '.join(TEXT_SUFFIXES)}), data files "
+                f"({', '.join(DATA_FILE_BUILDERS)}) or saved data set found."
+            )
     builders = {data_file_builder(p) for p in files}
     if len(builders) > 1:
         raise ValueError(f"{path}: data files of several kinds ({sorted(builders)}); keep one kind in the folder.")
     try:
         if files:
-            ds = datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train", streaming=True)
+            ds = datasets.load_dataset(
+                builders.pop(), data_files=[str(p) for p in files], split="train", streaming=True
+            )
         elif path.is_dir():
             ds = datasets.load_from_disk(str(path))
             ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
         else:
             ds = datasets.load_dataset(str(source), name=dataset_config, split=split, streaming=True)
     except Exception as err:
-        raise FileNotFoundError(f"{source}: not a text file, a folder of text files, or a loadable data set ({err}).") from err
-    if ds.column_names is not None and text_column not in ds.column_names:  # a stream may know its columns only once read
+        raise FileNotFoundError(
+            f"{source}: not a text file, a folder of text files, or a loadable data set ({err})."
+        ) from err
+    if (
+        ds.column_names is not None and text_column not in ds.column_names
+    ):  # a stream may know its columns only once read
         raise ValueError(f"{source}: no column {text_column!r} (columns: {ds.column_names}); pass --text_column.")
     ds = ds.select_columns([text_column])
 
     def documents() -> Iterator[tuple[str]]:
         for batch in ds.iter(batch_size=256):
             if text_column not in batch:
-                raise ValueError(f"{source}: no column {text_column!r} (columns: {sorted(batch)}); pass --text_column.")
+                raise ValueError(
+                    f"{source}: no column {text_column!r} (columns: {sorted(batch)}); pass --text_column."
+                )
             for text in batch[text_column]:
                 if not isinstance(text, str):
                     raise ValueError(f"{source}: a row's {text_column!r} is {type(text).__name__}, not text.")
@@ -154,7 +179,11 @@ def route(src: Source, val_fraction: float) -> Iterator[tuple[str, Iterable[str]
             yield ("train" if i < n else "val"), document, True
     else:  # a stream: document i validates when floor((i + 1) f) > floor(i f), every (1/f)-th, spread evenly
         for i, document in enumerate(src.documents()):
-            yield ("val" if math.floor((i + 1) * val_fraction) > math.floor(i * val_fraction) else "train"), document, True
+            yield (
+                ("val" if math.floor((i + 1) * val_fraction) > math.floor(i * val_fraction) else "train"),
+                document,
+                True,
+            )
 
 
 __all__ = ["Source", "characters", "open_source", "route"]

@@ -44,20 +44,24 @@ class TokenData:
             self.shards = {name: [read_shard(path) for path in files] for name, files in shard_files.items()}
             dtypes = {ids.dtype for parts in self.shards.values() for ids in parts}
             if len(dtypes) > 1:
-                raise ValueError(f"{self.dir}: shards of different token types ({sorted(d.name for d in dtypes)}); one folder "
-                                 f"holds one tokenizer's ids.")
+                raise ValueError(
+                    f"{self.dir}: shards of different token types ({sorted(d.name for d in dtypes)}); one folder "
+                    f"holds one tokenizer's ids."
+                )
             self.dtype = dtypes.pop()
         else:
             missing = [path.name for path in bins.values() if not path.is_file()]
             raise FileNotFoundError(
                 f"{self.dir}: missing {missing}, and no token shards (*_train_*.bin and *_val_*.bin) either. Prepare "
-                f"the data first: `hf-nanogpt prepare INPUT {self.dir} --tokenizer char|gpt2` (or nanoGPT's prepare.py, "
+                f"the data first: `hf-nanogpt prepare INPUT {self.dir} --tokenizer char|gpt2` "
+                f"(or nanoGPT's prepare.py, "
                 f"or llm.c's dev/data/fineweb.py)."
             )
 
     @property
     def splits(self) -> dict[str, np.ndarray]:
-        """Each split's ids as one array: train.bin / val.bin as mapped; shards joined in memory (small data, tests)."""
+        """Each split's ids as one array: train.bin / val.bin as mapped; shards joined in memory (small data,
+        tests)."""
         return {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in self.shards.items()}
 
     def tokenizer(self):
@@ -75,7 +79,9 @@ class TokenData:
         for name, parts in self.shards.items():
             longest = max(len(ids) for ids in parts)
             if longest < block_size + 1:
-                where = self.dir / f"{name}.bin" if self.layout == "nanogpt" else f"{self.dir}: the longest {name} shard"
+                where = (
+                    self.dir / f"{name}.bin" if self.layout == "nanogpt" else f"{self.dir}: the longest {name} shard"
+                )
                 raise ValueError(f"{where} holds {longest} tokens: too few for block_size {block_size}.")
 
     def windows(self, split: str, starts: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +90,9 @@ class TokenData:
         counts = self.window_counts(split, block_size)
         ends = np.cumsum(counts)
         starts = starts.numpy()
-        which = np.searchsorted(ends, starts, side="right") if len(counts) > 1 else np.zeros(len(starts), dtype=np.int64)
+        which = (
+            np.searchsorted(ends, starts, side="right") if len(counts) > 1 else np.zeros(len(starts), dtype=np.int64)
+        )
         offsets = starts - (ends - counts)[which]
         # one gather per array: rows of block_size + 1 ids, then x and y as the two overlapping views
         rows = np.empty((len(starts), block_size + 1), dtype=np.int64)
@@ -97,8 +105,9 @@ class TokenData:
         """`count` window starts drawn uniformly over all of the split's windows."""
         return torch.randint(int(self.window_counts(split, block_size).sum()), (count,), generator=generator)
 
-    def random_batch(self, split: str, block_size: int, batch_size: int, generator: torch.Generator,
-                     world: int = 1, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def random_batch(
+        self, split: str, block_size: int, batch_size: int, generator: torch.Generator, world: int = 1, rank: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """nanoGPT's get_batch: random windows from `generator`, drawn for all `world` processes at once
         (so every process advances the generator alike), then process `rank`'s share of `batch_size`."""
         starts = self.random_starts(split, block_size, batch_size * world, generator)

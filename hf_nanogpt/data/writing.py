@@ -102,7 +102,9 @@ def parse_size(value: str | int, what: str) -> int:
         return value
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kKmMgGtT]i?)?[bB]?\s*", str(value))
     if match is None:
-        raise ValueError(f"{what} {value!r}: expected a number with an optional unit, such as 512MB, 1GB, 100M or 4096.")
+        raise ValueError(
+            f"{what} {value!r}: expected a number with an optional unit, such as 512MB, 1GB, 100M or 4096."
+        )
     return int(float(match.group(1)) * UNITS[(match.group(2) or "").upper()])
 
 
@@ -154,7 +156,9 @@ def prepare(
     if shard_tokens is not None:
         shard_tokens = parse_size(shard_tokens, "shard_tokens")
         if not 0 < shard_tokens < 2**31:
-            raise ValueError(f"shard_tokens must be in [1, 2^31) (the header's count is an int32), got {shard_tokens:,}.")
+            raise ValueError(
+                f"shard_tokens must be in [1, 2^31) (the header's count is an int32), got {shard_tokens:,}."
+            )
     check_apart(out_dir, source, "OUT_DIR", "INPUT")
     if Path(out_dir).exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists: pass --overwrite to replace it.")
@@ -168,11 +172,18 @@ def prepare(
     work = pieces(route(src, val_fraction), cut_rule(tok), piece_chars)
     started, tokens, text_bytes = time.perf_counter(), 0, 0
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        writers = {name: ShardWriter(tmp, name, shard_tokens, dtype) if shard_tokens else BinWriter(tmp / f"{name}.bin")
-                   for name in SPLITS}
+        writers = {
+            name: ShardWriter(tmp, name, shard_tokens, dtype) if shard_tokens else BinWriter(tmp / f"{name}.bin")
+            for name in SPLITS
+        }
         try:
-            with tqdm(total=src.bytes, desc=f"encoding ({encoder.name}, {num_proc} process{'es' if num_proc > 1 else ''})",
-                      unit="B", unit_scale=True, mininterval=1.0) as bar:
+            with tqdm(
+                total=src.bytes,
+                desc=f"encoding ({encoder.name}, {num_proc} process{'es' if num_proc > 1 else ''})",
+                unit="B",
+                unit_scale=True,
+                mininterval=1.0,
+            ) as bar:
                 for name, ids, nbytes in encode_pieces(work, encoder, num_proc, in_flight):
                     writers[name].write(ids)
                     tokens, text_bytes = tokens + len(ids), text_bytes + nbytes
@@ -180,7 +191,12 @@ def prepare(
                     bar.update(nbytes)
         finally:
             counts = {name: writer.close() for name, writer in writers.items()}
-        info = {"dtype": dtype.name, "vocab_size": len(tok), "tokenizer": "char" if stoi else str(tokenizer), "source": str(source)}
+        info = {
+            "dtype": dtype.name,
+            "vocab_size": len(tok),
+            "tokenizer": "char" if stoi else str(tokenizer),
+            "source": str(source),
+        }
         if shard_tokens:
             info.update(layout="shards", shard_tokens=shard_tokens)
         if stoi is not None:
@@ -188,9 +204,13 @@ def prepare(
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     seconds = time.perf_counter() - started
     shards = f", shards of {shard_tokens:,}" if shard_tokens else ""
-    log(f"{src.description}: {counts['train']:,} train and {counts['val']:,} val tokens ({dtype.name}{shards}), vocab {len(tok)} "
-        f"-> {out_dir} ({text_bytes / 1e6:,.1f} MB in {seconds:.1f} s, {text_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s; "
-        f"{num_proc} process{'es' if num_proc > 1 else ''}, {encoder.name})")
+    log(
+        f"{src.description}: {counts['train']:,} train and {counts['val']:,} val tokens "
+        f"({dtype.name}{shards}), vocab {len(tok)} "
+        f"-> {out_dir} ({text_bytes / 1e6:,.1f} MB in {seconds:.1f} s, "
+        f"{text_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s; "
+        f"{num_proc} process{'es' if num_proc > 1 else ''}, {encoder.name})"
+    )
     return {**info, **counts}
 
 

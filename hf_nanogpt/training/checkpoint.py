@@ -57,8 +57,10 @@ def check_same_optimizer(resume_dir: Path, cfg: TrainConfig) -> None:
     """A checkpoint's optimizer state belongs to the optimizer that wrote it: resuming needs the same one."""
     saved = json.loads((resume_dir / STATE_FILE).read_text()).get("config", {}).get("optimizer", "adamw")
     if saved != cfg.optimizer:
-        raise ValueError(f"init_from=resume: {resume_dir} was trained with optimizer={saved}, this run asks for "
-                         f"optimizer={cfg.optimizer}; pass --optimizer={saved}.")
+        raise ValueError(
+            f"init_from=resume: {resume_dir} was trained with optimizer={saved}, this run asks for "
+            f"optimizer={cfg.optimizer}; pass --optimizer={saved}."
+        )
 
 
 def check_random_state(resume_dir: Path, rank: int) -> None:
@@ -69,8 +71,12 @@ def check_random_state(resume_dir: Path, rank: int) -> None:
     try:
         load(path)  # as accelerate's load_state reads it
     except Exception as err:
-        print(f"warning: {path} could not be read ({type(err).__name__}: {err}); resuming without its random "
-              f"state, so this run is no longer bit-exact with an uninterrupted one.", file=sys.stderr, flush=True)
+        print(
+            f"warning: {path} could not be read ({type(err).__name__}: {err}); resuming without its random "
+            f"state, so this run is no longer bit-exact with an uninterrupted one.",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def save_checkpoint(accelerator, model, cfg, state: dict, data_state: dict) -> Path:
@@ -116,10 +122,18 @@ def check_sharding(resume_dir: Path, accelerator) -> None:
     kind = accelerator.distributed_type.value
     fsdp = kind == "FSDP"
     if sharded != fsdp:
-        how = ("launch with an FSDP config (configs/accelerate/fsdp_cpu_2proc.yaml, fsdp_8gpu.yaml; "
-               "--num_processes sets any size, 1 too)") if sharded else "launch without FSDP (one process, or a DDP config)"
-        raise ValueError(f"init_from=resume: {resume_dir} was written {'by FSDP, sharded' if sharded else 'without FSDP'}, "
-                         f"and this run is {WORLD_KINDS.get(kind, kind)}; {how}.")
+        how = (
+            (
+                "launch with an FSDP config (configs/accelerate/fsdp_cpu_2proc.yaml, fsdp_8gpu.yaml; "
+                "--num_processes sets any size, 1 too)"
+            )
+            if sharded
+            else "launch without FSDP (one process, or a DDP config)"
+        )
+        raise ValueError(
+            f"init_from=resume: {resume_dir} was written {'by FSDP, sharded' if sharded else 'without FSDP'}, "
+            f"and this run is {WORLD_KINDS.get(kind, kind)}; {how}."
+        )
 
 
 def load_checkpoint(accelerator, resume_dir: Path, train_gen) -> dict:
@@ -133,14 +147,18 @@ def load_checkpoint(accelerator, resume_dir: Path, train_gen) -> dict:
     written_by = saved.get("num_processes", 1)
     if written_by != accelerator.num_processes:
         if accelerator.is_main_process:
-            print(f"resuming on {accelerator.num_processes} process(es) a checkpoint written by {written_by}: the "
-                  f"weights, optimizer state, iteration and training windows carry over; dropout's random state is "
-                  f"per process and does not, and sums over processes round differently, so losses match a run "
-                  f"that kept its size to float precision, not bit for bit.",
-                  flush=True)
+            print(
+                f"resuming on {accelerator.num_processes} process(es) a checkpoint written by {written_by}: the "
+                f"weights, optimizer state, iteration and training windows carry over; dropout's random state is "
+                f"per process and does not, and sums over processes round differently, so losses match a run "
+                f"that kept its size to float precision, not bit for bit.",
+                flush=True,
+            )
     else:
         check_random_state(resume_dir, accelerator.process_index)
-    train_gen.set_state(load_file(resume_dir / DATA_STATE_FILE)["train_gen"])  # (an older checkpoint's eval_gen is not needed)
+    train_gen.set_state(
+        load_file(resume_dir / DATA_STATE_FILE)["train_gen"]
+    )  # (an older checkpoint's eval_gen is not needed)
     return saved
 
 
@@ -161,8 +179,11 @@ class Preemption:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
         if signum == signal.SIGINT:
-            print("\nCtrl-C: saving a checkpoint, then stopping (Ctrl-C again stops at once, without it)",
-                  file=sys.stderr, flush=True)
+            print(
+                "\nCtrl-C: saving a checkpoint, then stopping (Ctrl-C again stops at once, without it)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def restore(self):
         for s, handler in self.previous.items():

@@ -45,8 +45,10 @@ def make_accelerator(cfg: TrainConfig, trackers: list[str]):
     if precision is None:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}.")
     if cfg.optimizer == "muon" and precision == "fp16":
-        raise ValueError("optimizer=muon with float16: Accelerate's fp16 gradient scaler updates its scale at each "
-                         "optimizer's step, and Muon runs beside AdamW; use --dtype=bfloat16 or float32, or --optimizer=adamw.")
+        raise ValueError(
+            "optimizer=muon with float16: Accelerate's fp16 gradient scaler updates its scale at each "
+            "optimizer's step, and Muon runs beside AdamW; use --dtype=bfloat16 or float32, or --optimizer=adamw."
+        )
     # one process may run train() more than once (notebooks, tests): Accelerate keeps a process-wide state
     # that refuses a second mixed-precision setting, so start from a fresh one (the process group stays)
     AcceleratorState._reset_state()
@@ -63,8 +65,10 @@ def make_accelerator(cfg: TrainConfig, trackers: list[str]):
         shard_on_cpu(accelerator, precision)
     kind = accelerator.distributed_type.value
     if cfg.optimizer == "muon" and kind in ("FSDP", "DEEPSPEED"):
-        raise ValueError(f"optimizer=muon under {kind}: Muon orthogonalises whole matrices, which these shard; use DDP "
-                         f"(or one process), or --optimizer=adamw.")
+        raise ValueError(
+            f"optimizer=muon under {kind}: Muon orthogonalises whole matrices, which these shard; use DDP "
+            f"(or one process), or --optimizer=adamw."
+        )
     return accelerator, dtype
 
 
@@ -78,7 +82,8 @@ def check_world(accelerator) -> None:
             "accelerate launch was asked for several processes or machines on the CPU (--cpu or use_cpu: true), but "
             "accelerate starts CPU worlds only with an MPI hostfile, so this process is alone in its world; launch "
             "with distributed_type MULTI_GPU (or FSDP) and use_cpu false, as configs/accelerate/cpu_2proc.yaml and "
-            "multinode_cpu_2x1.yaml do: torchrun starts the processes, and they train on the CPU with gloo.")
+            "multinode_cpu_2x1.yaml do: torchrun starts the processes, and they train on the CPU with gloo."
+        )
 
 
 def shard_on_cpu(accelerator, precision: str) -> None:
@@ -94,8 +99,10 @@ def shard_on_cpu(accelerator, precision: str) -> None:
 
     plugin = FullyShardedDataParallelPlugin()
     if plugin.fsdp_version != 2:
-        raise ValueError(f"FSDP on CPU processes needs torch's fully_shard (FSDP2), but the config asks for fsdp_version: "
-                         f"{plugin.fsdp_version}; set fsdp_version: 2 (configs/accelerate/fsdp_cpu_2proc.yaml).")
+        raise ValueError(
+            f"FSDP on CPU processes needs torch's fully_shard (FSDP2), but the config asks for fsdp_version: "
+            f"{plugin.fsdp_version}; set fsdp_version: 2 (configs/accelerate/fsdp_cpu_2proc.yaml)."
+        )
     if precision != "no":
         plugin.set_mixed_precision(precision)
     state = accelerator.state
@@ -103,8 +110,10 @@ def shard_on_cpu(accelerator, precision: str) -> None:
     # both shared states: every AcceleratorState() made later copies PartialState's over its own
     state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     if not accelerator.is_fsdp2:
-        raise RuntimeError("could not switch Accelerate to FSDP2 on CPU processes (this accelerate version keeps its "
-                           "state elsewhere); use DDP (configs/accelerate/cpu_2proc.yaml) or accelerate 1.15.")
+        raise RuntimeError(
+            "could not switch Accelerate to FSDP2 on CPU processes (this accelerate version keeps its "
+            "state elsewhere); use DDP (configs/accelerate/cpu_2proc.yaml) or accelerate 1.15."
+        )
 
 
 def any_process(accelerator, flag: bool) -> bool:

@@ -5,19 +5,25 @@ import math
 
 import torch
 
-EVAL_SEED = 1338  # of the evaluation windows; it was the default seed + 1, so one process's first evaluation is as before
+EVAL_SEED = (
+    1338  # of the evaluation windows; it was the default seed + 1, so one process's first evaluation is as before
+)
 
 
 def evaluation_windows(data, block_size: int, batch_size: int, eval_iters: int) -> dict[str, list[torch.Tensor]]:
     """The windows every evaluation scores, by split: eval_iters batches of batch_size window starts, drawn
     once from EVAL_SEED (the train split's batches first), whatever the run's seed or number of processes."""
     generator = torch.Generator().manual_seed(EVAL_SEED)
-    return {split: [data.random_starts(split, block_size, batch_size, generator) for _ in range(eval_iters)]
-            for split in ("train", "val")}
+    return {
+        split: [data.random_starts(split, block_size, batch_size, generator) for _ in range(eval_iters)]
+        for split in ("train", "val")
+    }
 
 
 @torch.no_grad()
-def estimate_loss(model, accelerator, data, windows: dict[str, list[torch.Tensor]], block_size: int) -> dict[str, float]:
+def estimate_loss(
+    model, accelerator, data, windows: dict[str, list[torch.Tensor]], block_size: int
+) -> dict[str, float]:
     """The mean loss over each split's evaluation batches. Process r scores batches r, r + world, ... into a
     vector of zeros elsewhere, and the vectors are summed across processes, so every number of processes gets
     the figures one process gets. Each runs as many forwards (FSDP gathers in each): where the batches run

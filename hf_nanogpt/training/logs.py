@@ -20,7 +20,11 @@ def tracker_names(cfg: TrainConfig) -> list[str]:
     if cfg.log_with == "none":
         names = []
     elif cfg.log_with == "auto":
-        names = ["tensorboard"] if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX") else []
+        names = (
+            ["tensorboard"]
+            if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+            else []
+        )
     else:
         names = [n.strip() for n in cfg.log_with.split(",") if n.strip()]
     if cfg.wandb_log and "wandb" not in names:

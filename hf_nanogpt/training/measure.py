@@ -13,7 +13,18 @@ def flops_per_token(model, block_size: int) -> float:
 
 
 # bf16 dense peak FLOP/s of common accelerators (nanoGPT's MFU reference is the A100's 312e12)
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40": 181e12, "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+GPU_PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40": 181e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "4090": 165e12,
+    "3090": 71e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
 
 
 def default_peak_flops(device: torch.device, dtype: str = "float32") -> tuple[float, str]:

@@ -43,7 +43,12 @@ def build_model(cfg: TrainConfig, vocab_size: int | None):
         model.tie_weights()
         return model, None, ckpt
     path = Path(init)
-    if init.startswith("gpt2") and not path.exists() or (path / "config.json").is_file() and _model_type(path) == "gpt2":
+    if (
+        init.startswith("gpt2")
+        and not path.exists()
+        or (path / "config.json").is_file()
+        and _model_type(path) == "gpt2"
+    ):
         from ..conversion.gpt2 import gpt2_as_nanogpt
 
         model, _ = gpt2_as_nanogpt(init)

@@ -39,7 +39,10 @@ def get_wsd_lr(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + remaining * (cfg.learning_rate - cfg.min_lr)
 
 
-LR_SCHEDULES: dict[LrSchedule, Callable[[int, TrainConfig], float]] = {"cosine": get_lr, "wsd": get_wsd_lr}  # one per config.LrSchedule choice
+LR_SCHEDULES: dict[LrSchedule, Callable[[int, TrainConfig], float]] = {
+    "cosine": get_lr,
+    "wsd": get_wsd_lr,
+}  # one per config.LrSchedule choice
 
 
 def muon_momentum(it: int, cfg: TrainConfig) -> float:
@@ -97,10 +100,19 @@ def configure_optimizers(model, cfg: TrainConfig, device_type: str) -> list[torc
     extra = {"fused": True} if device_type in ("cuda", "cpu") else {}
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "adamw":
-        return [torch.optim.AdamW(nanogpt_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=betas, **extra)]
+        return [
+            torch.optim.AdamW(
+                nanogpt_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=betas, **extra
+            )
+        ]
     hidden, rest = muon_split(model)
     return [
         torch.optim.AdamW(decay_groups(rest, cfg.weight_decay), lr=cfg.learning_rate, betas=betas, **extra),
-        torch.optim.Muon(hidden, lr=cfg.muon_learning_rate, weight_decay=cfg.muon_weight_decay,
-                         momentum=muon_momentum(0, cfg), nesterov=True),
+        torch.optim.Muon(
+            hidden,
+            lr=cfg.muon_learning_rate,
+            weight_decay=cfg.muon_weight_decay,
+            momentum=muon_momentum(0, cfg),
+            nesterov=True,
+        ),
     ]

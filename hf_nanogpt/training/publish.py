@@ -27,7 +27,9 @@ def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset
     tmp = out_dir / MODEL_TMP
     shutil.rmtree(tmp, ignore_errors=True)
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped, state_dict = unsharded(getattr(unwrapped, "_orig_mod", unwrapped), state_dict)  # (torch.compile's wrapper off)
+    unwrapped, state_dict = unsharded(
+        getattr(unwrapped, "_orig_mod", unwrapped), state_dict
+    )  # (torch.compile's wrapper off)
     extra = {TRAINING_CONFIG_FILE: json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"}
     png = loss_plot(history)
     if png is not None:
@@ -96,20 +98,47 @@ def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool)
 
     c = model.config
     rows = [{"iter": h["iter"], "train loss": f"{h['train']:.4f}", "val loss": f"{h['val']:.4f}"} for h in history]
-    muon = ["muon_learning_rate", "muon_momentum", "muon_momentum_warmup", "muon_momentum_warmup_iters",
-            "muon_weight_decay"] if cfg.optimizer == "muon" else []
+    muon = (
+        [
+            "muon_learning_rate",
+            "muon_momentum",
+            "muon_momentum_warmup",
+            "muon_momentum_warmup_iters",
+            "muon_weight_decay",
+        ]
+        if cfg.optimizer == "muon"
+        else []
+    )
     wsd = ["cooldown_frac"] if cfg.lr_schedule == "wsd" else []
-    names = ["init_from", "dataset", "max_iters", "batch_size", "gradient_accumulation_steps", "block_size", "optimizer",
-             *muon, "learning_rate", "min_lr", "lr_schedule", "warmup_iters", *wsd, "weight_decay", "dropout", "dtype"]
+    names = [
+        "init_from",
+        "dataset",
+        "max_iters",
+        "batch_size",
+        "gradient_accumulation_steps",
+        "block_size",
+        "optimizer",
+        *muon,
+        "learning_rate",
+        "min_lr",
+        "lr_schedule",
+        "warmup_iters",
+        *wsd,
+        "weight_decay",
+        "dropout",
+        "dtype",
+    ]
     settings = {k: getattr(cfg, k) for k in names}
     sections = {
         "Training": field_table(settings, "setting"),
-        "Losses": table(rows, ["iter", "train loss", "val loss"]) + ("\n\n![loss curve](loss.png)" if has_plot else ""),
+        "Losses": table(rows, ["iter", "train loss", "val loss"])
+        + ("\n\n![loss curve](loss.png)" if has_plot else ""),
     }
     return render_model_card(
         title=f"{Path(cfg.out_dir).name}: a nanoGPT model trained with hf_nanogpt",
         summary=(
-            f"A GPT ({model_shape(c.n_layer, c.n_head, c.n_embd, c.block_size)}, vocabulary {c.vocab_size}) trained with "
+            f"A GPT ({model_shape(c.n_layer, c.n_head, c.n_embd, c.block_size)}, vocabulary {c.vocab_size}) "
+            f"trained with "
             f"hf_nanogpt's Accelerate trainer on {dataset_name}"
             + (f", starting from {base_model}" if base_model else "")
             + (f". Best validation loss {min(h['val'] for h in history):.4f}." if history else ".")
