@@ -17,7 +17,7 @@
 
 MODEL is a model folder or a Hub repo id. Each subcommand is a function `cmd_<name>(args)` with its
 options declared in `add_<group>_command(s)`, which `build_parser` calls; the library functions they call are
-documented in the README.
+documented in the guides under docs/.
 """
 
 import argparse
