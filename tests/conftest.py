@@ -22,20 +22,12 @@ from hub_server import HubServer  # noqa: E402  (stdlib only)
 _HUB_TMP = tempfile.mkdtemp(prefix="hf_nanogpt-tests-")
 # the Hub's port, held (bound, not listening: connections are refused) until the `hub` fixture starts it
 _HUB_PORT_HOLDER = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-_HUB_PORT_HOLDER.setsockopt(
-    socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
-)  # as the server's: a forked copy cannot block it
+# SO_REUSEADDR as the server's: a copy of this socket in a forked process cannot keep the server from binding it
+_HUB_PORT_HOLDER.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 _HUB_PORT_HOLDER.bind(("127.0.0.1", 0))
 HUB_URL = "http://127.0.0.1:%d" % _HUB_PORT_HOLDER.getsockname()[1]
-for name in (
-    "HF_TOKEN",
-    "HUGGING_FACE_HUB_TOKEN",
-    "HF_TOKEN_PATH",
-    "HF_OIDC_RESOURCE",
-    "HF_HUB_OFFLINE",
-    "HF_HUB_CACHE",
-    "HF_XET_CACHE",
-):
+for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE",
+             "HF_HUB_CACHE", "HF_XET_CACHE"):
     os.environ.pop(name, None)
 os.environ.update(
     HF_ENDPOINT=HUB_URL,
