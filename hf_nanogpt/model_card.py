@@ -7,6 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .inspect_embeddings import WPE_PLOT  # a training run's wpe similarity heatmap, shown as the loss plot is
+
 # Model cards name Hub repos in their metadata. OpenAI's GPT-2 sizes by the names nanoGPT's init_from and
 # older code use -> their Hub repo ids (base_model):
 GPT2_HUB_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -33,7 +35,6 @@ def base_model_id(name: str | None) -> str | None:
 
 
 LOSS_PLOT = "loss.png"  # a training run's loss curve, shown by the card when it sits beside it
-WPE_PLOT = "wpe.png"  # its position embedding's similarity heatmap (inspect_embeddings.similarity_plot), likewise
 TAGS = ["nanogpt", "hf_nanogpt"]
 
 
@@ -73,9 +74,9 @@ WPE_HEADING = "Position embedding"
 def wpe_plot_text(filename: str = WPE_PLOT) -> str:
     return (
         f"![cosine similarity between the position vectors of wpe]({filename})\n\n"
-        "Cosine similarity between every pair of positions' learned vectors in `wpe`: a trained model shows a "
-        "bright band along the diagonal, neighbouring positions looking alike (`hf-nanogpt inspect` draws this "
-        "and more)."
+        "Cosine similarity between every pair of positions' learned vectors in `wpe` (red 1, blue -1). At "
+        "initialisation only the diagonal is red; training usually makes nearby positions alike, widening it into "
+        "a band (`hf-nanogpt inspect` draws this and more)."
     )
 
 
