@@ -14,6 +14,7 @@
     hf-nanogpt prepare INPUT OUT_DIR --tokenizer char|gpt2|PATH [--num_proc N] [--shard_tokens N] [--max_memory SIZE]
     hf-nanogpt train [CONFIG] [--name value ...]          (also: accelerate launch -m hf_nanogpt.train ...)
     hf-nanogpt push MODEL REPO_ID [--private] [--revision BRANCH] [--commit-message M] [--token T]
+    hf-nanogpt inspect MODEL --out DIR [--tokens TEXT ...] [--neighbours K] [--trust-remote-code]
 
 MODEL is a model folder or a Hub repo id. Each subcommand is a function `cmd_<name>(args)` with its
 options declared in `add_<group>_command(s)`, which `build_parser` calls; the library functions they call are
@@ -222,6 +223,19 @@ def cmd_push(args: argparse.Namespace) -> int:
         commit_message=args.commit_message,
         token=args.token,
     )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect_embeddings import report, token_ids, write_pictures
+
+    if args.neighbours < 1:
+        raise ValueError(f"--neighbours must be at least 1, got {args.neighbours}.")
+    model, tokenizer = load_model_and_tokenizer(args.model, "cpu", "float32", args.trust_remote_code)
+    ids = token_ids(tokenizer, args.tokens) if args.tokens else None
+    print(report(model, tokenizer, ids, k=args.neighbours))
+    for path in write_pictures(model.transformer.wpe.weight, args.out):
+        print(f"wrote {path}")
     return 0
 
 
@@ -492,8 +506,8 @@ def add_push_command(sub) -> None:
         "push",
         help="publish a model folder on the Hugging Face Hub",
         description="Upload MODEL (a folder written by hf_nanogpt) as the Hub repo REPO_ID in one commit: weights, "
-        "config with auto_map, remote code, generation config, tokenizer, any loss.png, and a model card pointed "
-        "at REPO_ID. The token (HF_TOKEN, `hf auth login`, or --token) is checked before anything is created; "
+        "config with auto_map, remote code, generation config, tokenizer, any loss.png and wpe.png, and a model card "
+        "pointed at REPO_ID. The token (HF_TOKEN, `hf auth login`, or --token) is checked before anything is created; "
         "pushing an unchanged folder makes no commit.",
     )
     push.add_argument("model", metavar="MODEL", help="model folder")
@@ -509,6 +523,26 @@ def add_push_command(sub) -> None:
     push.set_defaults(func=cmd_push)
 
 
+def add_inspect_command(sub) -> None:
+    ins = sub.add_parser(
+        "inspect",
+        help="pictures of the position embedding wpe, and nearest neighbours in the token embedding wte",
+        description="Write DIR/wpe.png (cosine similarity between every pair of positions in wpe), "
+        "wpe_components.png (its first principal components against position) and wpe_norms.png (each position's "
+        "norm), and print the nearest neighbours in wte, by cosine similarity, of a few tokens: --tokens, or the "
+        "lowest ids that decode to a word (GPT-2 BPE: ' the', ' an', ' to', ...; char level: the lowest letters). "
+        "wte's vocabulary padding (ids past the tokenizer's size) is named and left out. See docs/embeddings.md.",
+    )
+    add_model_argument(ins)
+    ins.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files (created if needed)")
+    ins.add_argument(
+        "--tokens", nargs="+", metavar="TEXT", default=None, help="texts of single tokens, e.g. ' the' ' and'"
+    )
+    ins.add_argument("--neighbours", type=int, default=8, metavar="K", help="neighbours shown per token (default 8)")
+    add_trust_remote_code_option(ins, help="load a model through its own code files")
+    ins.set_defaults(func=cmd_inspect)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-nanogpt",
@@ -522,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(sub)
     add_export_commands(sub)
     add_push_command(sub)
+    add_inspect_command(sub)
     return parser
 
 

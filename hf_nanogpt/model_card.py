@@ -7,6 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .inspect_embeddings import WPE_PLOT  # a training run's wpe similarity heatmap, shown as the loss plot is
+
 # Model cards name Hub repos in their metadata. OpenAI's GPT-2 sizes by the names nanoGPT's init_from and
 # older code use -> their Hub repo ids (base_model):
 GPT2_HUB_IDS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -64,6 +66,25 @@ settings with `hf-nanogpt sample {model_ref}`.
 
 def loss_plot_section(filename: str = LOSS_PLOT) -> str:
     return f"## Training loss\n\n![training and validation loss]({filename})"
+
+
+WPE_HEADING = "Position embedding"
+
+
+def wpe_plot_text(filename: str = WPE_PLOT) -> str:
+    return (
+        f"![cosine similarity between the position vectors of wpe]({filename})\n\n"
+        "Cosine similarity between every pair of positions' learned vectors in `wpe` (red 1, blue -1). At "
+        "initialisation only the diagonal is red; training usually makes nearby positions alike, widening it into "
+        "a band (`hf-nanogpt inspect` draws this and more)."
+    )
+
+
+def wpe_plot_section(filename: str = WPE_PLOT) -> str:
+    return f"## {WPE_HEADING}\n\n{wpe_plot_text(filename)}"
+
+
+PLOT_SECTIONS = {LOSS_PLOT: loss_plot_section, WPE_PLOT: wpe_plot_section}  # picture file -> its card section
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -131,25 +152,27 @@ def card_for_repo(folder: str | Path, repo_id: str) -> str:
     """The README.md to publish `folder` as `repo_id`.
 
     A card with metadata (as this package writes) is kept, with its usage examples pointed at `repo_id`
-    instead of the local folder, the metadata the Hub needs filled in where missing, and the loss plot
-    added when the folder has one the card does not show yet. A folder with no card, or a README without
-    metadata, gets a card rendered from config.json (an existing README's text is kept in it).
+    instead of the local folder, the metadata the Hub needs filled in where missing, and the pictures of
+    PLOT_SECTIONS (loss curve, wpe) added when the folder has one the card does not show yet. A folder with no
+    card, or a README without metadata, gets a card rendered from config.json (an existing README's text is kept
+    in it).
     """
     folder = Path(folder)
     readme = folder / "README.md"
     text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
     plot = LOSS_PLOT if (folder / LOSS_PLOT).is_file() else None
     if not has_metadata(text):
-        return generic_card(folder, repo_id, notes=text, loss_plot=plot)
+        text = generic_card(folder, repo_id, notes=text, loss_plot=plot)
     match = USAGE_REF.search(text)
     if match:
         prompt = ast.literal_eval(match["prompt"])
         text = text.replace(usage_section(match["ref"], prompt), usage_section(repo_id, prompt))
-    if plot and f"]({plot})" not in text:
-        # before the usage section, where render_model_card puts it; at the end of a card without one
-        usage = "\n## Usage\n"
-        section = f"\n{loss_plot_section(plot)}\n"
-        text = text.replace(usage, section + usage, 1) if usage in text else text.rstrip("\n") + "\n" + section
+    for picture, picture_section in PLOT_SECTIONS.items():
+        if (folder / picture).is_file() and f"]({picture})" not in text:
+            # before the usage section, where render_model_card puts it; at the end of a card without one
+            usage = "\n## Usage\n"
+            section = f"\n{picture_section(picture)}\n"
+            text = text.replace(usage, section + usage, 1) if usage in text else text.rstrip("\n") + "\n" + section
     card = ModelCard(text)
     data = card.data
     data.library_name = data.library_name or "transformers"
@@ -184,6 +207,7 @@ def generic_card(folder: Path, repo_id: str, notes: str = "", loss_plot: str | N
 
 __all__ = [
     "LOSS_PLOT",
+    "WPE_PLOT",
     "base_model_id",
     "card_for_repo",
     "field_table",
@@ -193,4 +217,5 @@ __all__ = [
     "render_model_card",
     "table",
     "usage_section",
+    "wpe_plot_section",
 ]

@@ -165,13 +165,14 @@ def test_training_run_writes_a_usable_model(char_data, tmp_path):
         "generation_config.json",
         "README.md",
         "loss.png",
+        "wpe.png",
         "modeling_nanogpt.py",
         "log.jsonl",
         "checkpoints",
     } <= names
     assert list((out / "logs").rglob("events.out.tfevents*"))  # tensorboard tracker
     card = (out / "README.md").read_text()
-    assert "| 30 |" in card and "loss.png" in card and "shakespeare_char" in card
+    assert "| 30 |" in card and "loss.png" in card and "(wpe.png)" in card and "shakespeare_char" in card
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     model = AutoModelForCausalLM.from_pretrained(out)
     assert (model.config.n_layer, model.config.block_size, model.config.vocab_size) == (2, 32, 78)
@@ -397,6 +398,7 @@ def test_push_to_hub_publishes_the_model_not_the_training_state(char_data, tmp_p
         "tokenizer.json",
         "README.md",
         "loss.png",
+        "wpe.png",
     } <= files
     assert not any(f.startswith(("checkpoints/", "logs/")) or f == "log.jsonl" for f in files)
     card = (tmp_path / "out" / "README.md").read_text()

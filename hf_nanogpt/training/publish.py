@@ -17,6 +17,7 @@ def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset
     from transformers.utils import logging as hf_logging
 
     from ..conversion.nanogpt import TRAINING_CONFIG_FILE
+    from ..model_card import LOSS_PLOT, WPE_PLOT
     from ..saving import umask_modes, write_model_folder
 
     hf_logging.disable_progress_bar()  # the training bar is the one to watch
@@ -33,12 +34,18 @@ def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset
     extra = {TRAINING_CONFIG_FILE: json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"}
     png = loss_plot(history)
     if png is not None:
-        extra["loss.png"] = png
+        extra[LOSS_PLOT] = png
+    # from the gathered weights where there are some (a ZeRO-3 model's own parameters are empty)
+    wpe = wpe_plot((state_dict if state_dict is not None else unwrapped.state_dict())["transformer.wpe.weight"])
+    if wpe is not None:
+        extra[WPE_PLOT] = wpe
     write_model_folder(
         unwrapped,
         tmp,
         tokenizer,
-        model_card=training_card(cfg, unwrapped, history, base_model, dataset_name, png is not None),
+        model_card=training_card(
+            cfg, unwrapped, history, base_model, dataset_name, png is not None, has_wpe_plot=wpe is not None
+        ),
         extra_files=extra,
         state_dict=state_dict,
     )
@@ -93,8 +100,28 @@ def loss_plot(history: list[dict]) -> bytes | None:
     return buf.getvalue()
 
 
-def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool) -> str:
-    from ..model_card import base_model_id, field_table, hub_datasets, model_shape, render_model_card, table
+def wpe_plot(wpe: torch.Tensor) -> bytes | None:
+    """A PNG of the cosine similarity between the positions of wpe (block_size, n_embd), or None without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return None
+    from ..inspect_embeddings import similarity_plot
+
+    return similarity_plot(wpe.detach().float().cpu())
+
+
+def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool, has_wpe_plot: bool = False) -> str:
+    from ..model_card import (
+        WPE_HEADING,
+        base_model_id,
+        field_table,
+        hub_datasets,
+        model_shape,
+        render_model_card,
+        table,
+        wpe_plot_text,
+    )
 
     c = model.config
     rows = [{"iter": h["iter"], "train loss": f"{h['train']:.4f}", "val loss": f"{h['val']:.4f}"} for h in history]
@@ -134,6 +161,8 @@ def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool)
         "Losses": table(rows, ["iter", "train loss", "val loss"])
         + ("\n\n![loss curve](loss.png)" if has_plot else ""),
     }
+    if has_wpe_plot:  # beside the loss curve: what the position embedding learned
+        sections[WPE_HEADING] = wpe_plot_text()
     return render_model_card(
         title=f"{Path(cfg.out_dir).name}: a nanoGPT model trained with hf_nanogpt",
         summary=(
