@@ -35,8 +35,10 @@ def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset
     png = loss_plot(history)
     if png is not None:
         extra[LOSS_PLOT] = png
-    # from the gathered weights where there are some (a ZeRO-3 model's own parameters are empty)
-    wpe = wpe_plot((state_dict if state_dict is not None else unwrapped.state_dict())["transformer.wpe.weight"])
+    # from the gathered weights where there are some (a ZeRO-3 model's own parameters are empty); their keys keep
+    # the prefix of a wrapper Accelerate left on (torch.compile's "_orig_mod.")
+    weights = state_dict if state_dict is not None else unwrapped.state_dict()
+    wpe = wpe_plot(next(value for key, value in weights.items() if key.endswith("transformer.wpe.weight")))
     if wpe is not None:
         extra[WPE_PLOT] = wpe
     write_model_folder(
