@@ -8,11 +8,12 @@ token id) as nearest neighbours. `hf-nanogpt inspect` calls these; docs/embeddin
     write_pictures(wpe, "out/demo-embeddings")               # wpe.png, wpe_components.png, wpe_norms.png
 """
 
-import io
 import re
 from pathlib import Path
 
 import torch
+
+from .plots import png, pyplot
 
 WPE_PLOT = "wpe.png"  # the position-similarity heatmap: also the picture a training run's model card shows
 COMPONENTS_PLOT = "wpe_components.png"
@@ -102,24 +103,6 @@ def token_ids(tokenizer, texts: list[str]) -> list[int]:
             )
         ids.append(encoded[0])
     return ids
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (files only, no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def png(fig) -> bytes:
-    plt = pyplot()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def similarity_plot(wpe: torch.Tensor) -> bytes:

@@ -16,9 +16,8 @@ import numpy as np
 
 from ..tokenization import CHAR_UNKNOWN, GPT2_BPE_DIR, GPT2_EOS, char_vocab
 
-SEGMENT_CHARS = (
-    1 << 14
-)  # text encoded in one call: tokenizers is fastest on pieces of 10-20k characters (BENCHMARKS.md)
+# text encoded in one call: tokenizers is fastest on pieces of 10-20k characters (BENCHMARKS.md)
+SEGMENT_CHARS = 1 << 14
 ENCODE_BATCH = 64  # segments per encode_batch_fast call in a worker
 
 # ---------------------------------------------------------------------------------------------------

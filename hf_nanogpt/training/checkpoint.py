@@ -156,9 +156,8 @@ def load_checkpoint(accelerator, resume_dir: Path, train_gen) -> dict:
             )
     else:
         check_random_state(resume_dir, accelerator.process_index)
-    train_gen.set_state(
-        load_file(resume_dir / DATA_STATE_FILE)["train_gen"]
-    )  # (an older checkpoint's eval_gen is not needed)
+    # (an older checkpoint's eval_gen is not needed)
+    train_gen.set_state(load_file(resume_dir / DATA_STATE_FILE)["train_gen"])
     return saved
 
 

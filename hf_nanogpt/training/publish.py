@@ -28,9 +28,8 @@ def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset
     tmp = out_dir / MODEL_TMP
     shutil.rmtree(tmp, ignore_errors=True)
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped, state_dict = unsharded(
-        getattr(unwrapped, "_orig_mod", unwrapped), state_dict
-    )  # (torch.compile's wrapper off)
+    # torch.compile's wrapper off
+    unwrapped, state_dict = unsharded(getattr(unwrapped, "_orig_mod", unwrapped), state_dict)
     extra = {TRAINING_CONFIG_FILE: json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"}
     png = loss_plot(history)
     if png is not None:
@@ -78,15 +77,12 @@ def loss_plot(history: list[dict]) -> bytes | None:
     """A PNG of train and val loss over iterations, or None without matplotlib or data."""
     if len(history) < 2:
         return None
-    try:
-        import matplotlib
+    from ..plots import png, pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:
+        plt = pyplot()
     except ImportError:
         return None
-    import io
-
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     iters = [h["iter"] for h in history]
     ax.plot(iters, [h["train"] for h in history], label="train")
@@ -96,19 +92,18 @@ def loss_plot(history: list[dict]) -> bytes | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)
 
 
 def wpe_plot(wpe: torch.Tensor) -> bytes | None:
     """A PNG of the cosine similarity between the positions of wpe (block_size, n_embd), or None without matplotlib."""
+    from ..inspect_embeddings import similarity_plot
+    from ..plots import pyplot
+
     try:
-        import matplotlib  # noqa: F401
+        pyplot()
     except ImportError:
         return None
-    from ..inspect_embeddings import similarity_plot
 
     return similarity_plot(wpe.detach().float().cpu())
 
