@@ -34,8 +34,6 @@ def load_model_and_tokenizer(model_id: str, device: str = "cpu", dtype: str = "a
 
     import hf_nanogpt  # noqa: F401  (registers the nanogpt model type with the Auto classes)
 
-    from .cpu_decode import attach_cpu_decode
-
     logging.disable_progress_bar()  # keep the terminal for the generated text
 
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
@@ -54,17 +52,17 @@ def load_model_and_tokenizer(model_id: str, device: str = "cpu", dtype: str = "a
             f"Are model.safetensors and config.json complete and from the same model? Write the folder again."
         ) from err
     tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-    return attach_cpu_decode(
-        model.to(device).eval()
-    ), tokenizer  # decoding's fastest CPU products (F.linear elsewhere)
+    return model.to(device).eval(), tokenizer
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
+    from .cpu_decode import attach_cpu_decode
     from .tokenization import encode_text
 
     model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
+    attach_cpu_decode(model)  # decoding's fastest CPU products (F.linear elsewhere)
     input_ids = torch.tensor([encode_text(tokenizer, args.prompt, "--prompt")], dtype=torch.long, device=args.device)
     if input_ids.shape[1] == 0:
         raise ValueError("the prompt encodes to no tokens; pass a non-empty --prompt.")
@@ -107,9 +105,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from .cpu_decode import attach_cpu_decode
     from .sampling import sample
 
     model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
+    attach_cpu_decode(model)  # decoding's fastest CPU products (F.linear elsewhere)
     sample(
         model,
         tokenizer,
