@@ -11,6 +11,7 @@ this package.
 - `read_meta_pkl` / `write_meta_pkl`: nanoGPT's meta.pkl ({vocab_size, itos, stoi}), read without
   running any code a pickle might carry.
 - `load_tokenizer`: "gpt2", a meta.pkl, or a folder, as the command line takes them.
+- `token_byte_lengths`: how many bytes of text each id stands for (the trainer's bits per byte).
 """
 
 import io
@@ -19,6 +20,7 @@ import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -174,6 +176,54 @@ def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
     )
 
 
+def is_byte_level(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether a fast tokenizer's pre-tokenizer or decoder is ByteLevel (GPT-2's BPE and byte-level BPEs trained
+    like it), on its own or inside a Sequence."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    spec = json.loads(backend.to_str())
+
+    def byte_level(part: dict | None) -> bool:
+        if not part:
+            return False
+        inner = part.get("pretokenizers") or part.get("decoders") or []
+        return part.get("type") == "ByteLevel" or any(byte_level(p) for p in inner)
+
+    return byte_level(spec.get("pre_tokenizer")) or byte_level(spec.get("decoder"))
+
+
+def token_byte_lengths(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> torch.Tensor:
+    """How many bytes of UTF-8 text each id stands for: int64, shape (vocab_size,).
+
+    Exact for byte-level BPE (each character of a token is one byte, bytes_to_unicode's alphabet) and for
+    char-level vocabularies (a character's UTF-8 length); for any other tokenizer the length of the id decoded
+    alone, which is approximate (SentencePiece drops a word's leading space, a byte-fallback piece decodes to
+    U+FFFD). Special tokens (<|endoftext|>) are 0, as are ids past the tokenizer's (nanoGPT pads GPT-2's
+    50257 rows to 50304): the text has no bytes for them."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    lengths = torch.zeros(vocab_size, dtype=torch.int64)
+    stoi = char_vocab(tokenizer)
+    if stoi is not None:
+        for ch, i in stoi.items():
+            if i < vocab_size:
+                lengths[i] = len(ch.encode("utf-8"))
+        return lengths
+    byte_level = is_byte_level(tokenizer)
+    byte_alphabet = set(bytes_to_unicode().values())  # byte -> the printable character standing for it
+    added = tokenizer.added_tokens_decoder  # an added token is its own text, not byte-level characters
+    special = set(tokenizer.all_special_ids) | {i for i, token in added.items() if token.special}
+    for token, i in tokenizer.get_vocab().items():
+        if i >= vocab_size or i in special:
+            continue
+        if byte_level and i not in added and set(token) <= byte_alphabet:
+            lengths[i] = len(token)  # one character, one byte
+        else:
+            lengths[i] = len(tokenizer.decode([i]).encode("utf-8"))
+    return lengths
+
+
 __all__ = [
     "CHAR_UNKNOWN",
     "encode_text",
@@ -184,5 +234,6 @@ __all__ = [
     "gpt2_tokenizer",
     "load_tokenizer",
     "read_meta_pkl",
+    "token_byte_lengths",
     "write_meta_pkl",
 ]

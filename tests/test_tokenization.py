@@ -1,15 +1,20 @@
 import pickle
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from helpers import NANOGPT_FIXTURES
 from hf_nanogpt.tokenization import (
     CHAR_UNKNOWN,
     GPT2_BPE_DIR,
+    GPT2_EOS,
     char_tokenizer,
     gpt2_tokenizer,
+    token_byte_lengths,
 )
+
+MIXED_TEXT = "Café naïve — नमस्ते दुनिया 😀🎉 ROMEO:\n  spaced  out"  # 1-, 2-, 3- and 4-byte characters
 
 
 def test_gpt2_tokenizer_from_openai_files(gpt2_tok):
@@ -75,3 +80,49 @@ def test_char_tokenizer_rejects_bad_vocabularies():
         char_tokenizer({"ab": 0, "c": 1})
     with pytest.raises(ValueError, match="no gaps"):
         char_tokenizer({"a": 0, "b": 2})
+
+
+# -- bytes per token (the trainer's bits per byte) -------------------------------------------------------------
+
+
+def test_gpt2_token_byte_lengths_add_up_to_the_texts_bytes(gpt2_tok):
+    lengths = token_byte_lengths(gpt2_tok, 50304)  # nanoGPT's padded vocabulary
+    assert lengths.dtype == torch.int64 and lengths.shape == (50304,)
+    ids = gpt2_tok(MIXED_TEXT).input_ids
+    assert lengths[ids].sum().item() == len(MIXED_TEXT.encode("utf-8"))
+    # an emoji's 4 bytes are split over byte-level tokens; each counts its own bytes
+    assert all(lengths[i] > 0 for i in ids)
+    assert lengths[gpt2_tok.convert_tokens_to_ids(GPT2_EOS)] == 0  # a special token stands for no text
+    assert lengths[50257:].sum() == 0  # the padded rows stand for nothing
+    assert lengths[:50256].min() > 0
+    ids = gpt2_tok(MIXED_TEXT + GPT2_EOS + "end").input_ids
+    assert lengths[ids].sum().item() == len((MIXED_TEXT + "end").encode("utf-8"))
+
+
+def test_byte_level_bpe_in_a_sequence_is_exact():
+    """A byte-level BPE trained as tokenizers trains one, its ByteLevel inside a Sequence pre-tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=[GPT2_EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator([MIXED_TEXT] * 20, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=GPT2_EOS)
+    lengths = token_byte_lengths(tok, 320)
+    text = MIXED_TEXT[::-1] + " 2024"  # other merges than the training text's
+    assert lengths[tok(text).input_ids].sum().item() == len(text.encode("utf-8"))
+    assert lengths[tok.convert_tokens_to_ids(GPT2_EOS)] == 0 and lengths[len(tok) :].sum() == 0
+
+
+def test_char_level_token_byte_lengths():
+    tok = char_tokenizer(set(MIXED_TEXT))
+    lengths = token_byte_lengths(tok, 64)
+    assert lengths[tok(MIXED_TEXT).input_ids].sum().item() == len(MIXED_TEXT.encode("utf-8"))
+    assert lengths[tok.convert_tokens_to_ids("😀")] == 4 and lengths[tok.convert_tokens_to_ids("a")] == 1
+    assert lengths[len(tok) :].sum() == 0
