@@ -21,6 +21,8 @@ Differences from nanoGPT, each on purpose:
   (`evaluation_windows`: drawn once from a fixed seed, shared out among the processes), so val losses
   compare across runs, evaluations and numbers of processes; nanoGPT draws new ones each time, from each
   process's own generator.
+- Every evaluation gives the loss in bits per byte too (`val_bpb`: the targets' nats over the bytes of text
+  they stand for, as nanochat's evaluate_bpb), which compares runs whose tokenizers differ.
 - out_dir holds a Hugging Face model folder (the best model by val loss, or the latest with
   always_save_checkpoint) and checkpoints/, the resumable state, written to a temporary folder and
   renamed, so a kill mid-save leaves the previous checkpoint whole. Under FSDP each process writes its shard.
@@ -39,6 +41,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .tokenization import token_byte_lengths
 from .training.checkpoint import (
     CHECKPOINTS,
     Preemption,
@@ -103,6 +106,7 @@ def train(cfg: TrainConfig) -> dict:
     raw_model = accelerator.unwrap_model(model)
     train_gen = torch.Generator().manual_seed(cfg.seed)  # the data position: the training windows' generator
     eval_windows = evaluation_windows(data, cfg.block_size, cfg.batch_size, cfg.eval_iters)  # the same every time
+    token_bytes = token_byte_lengths(tokenizer, raw_model.config.vocab_size).to(accelerator.device)  # bits per byte
     iter_num, best_val_loss, history = 0, 1e9, []
     if resume_dir is not None:
         saved = load_checkpoint(accelerator, resume_dir, train_gen)
@@ -157,20 +161,37 @@ def train(cfg: TrainConfig) -> dict:
             lr = set_hyperparameters(optimizers, iter_num, cfg)
 
             if iter_num % cfg.eval_interval == 0:
-                losses = estimate_loss(model, accelerator, data, eval_windows, cfg.block_size)
-                if not all(math.isfinite(v) for v in losses.values()):
+                losses = estimate_loss(model, accelerator, data, eval_windows, cfg.block_size, token_bytes)
+                if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
                     stopped = f"loss became {losses} at iter {iter_num}"
                     break
                 history = [h for h in history if h["iter"] != iter_num] + [{"iter": iter_num, **losses}]
                 if main:
-                    bar.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                    bar.write(
+                        f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                        f"val bpb {losses['val_bpb']:.4f}"
+                    )
                     log_record(
                         log_file,
-                        {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr},
+                        {
+                            "iter": iter_num,
+                            "train_loss": losses["train"],
+                            "val_loss": losses["val"],
+                            "train_bpb": losses["train_bpb"],
+                            "val_bpb": losses["val_bpb"],
+                            "lr": lr,
+                        },
                     )
                 if trackers:
                     accelerator.log(
-                        {"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}, step=iter_num
+                        {
+                            "train/loss": losses["train"],
+                            "val/loss": losses["val"],
+                            "train/bpb": losses["train_bpb"],
+                            "val/bpb": losses["val_bpb"],
+                            "lr": lr,
+                        },
+                        step=iter_num,
                     )
                 if losses["val"] < best_val_loss or cfg.always_save_checkpoint:
                     best_val_loss = min(best_val_loss, losses["val"])

@@ -5,6 +5,7 @@ Imported only once tests/conftest.py has pointed every Hugging Face client at th
 """
 
 import json
+import math
 import secrets
 import socket
 import sys
@@ -12,11 +13,13 @@ import textwrap
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 import hf_nanogpt  # noqa: F401  (registers the Auto classes)
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
 from hf_nanogpt.data.tokens import TokenData
+from hf_nanogpt.tokenization import token_byte_lengths
 from hf_nanogpt.training.config import TrainConfig, load_config_file
 from hf_nanogpt.training.evaluation import evaluation_windows
 
@@ -135,17 +138,25 @@ def val_losses(out_dir: Path) -> list[float]:
 
 def one_process_evaluation(cfg: TrainConfig) -> dict[str, float]:
     """What the trainer's evaluation gives the model in cfg.out_dir, computed here in one process: the mean
-    loss over the evaluation windows, batch by batch."""
+    loss over the evaluation windows, batch by batch (model(x, shift_labels=y).loss), and bits per byte: every
+    target's nats over all their bytes (token_byte_lengths), summed over all the windows at once."""
     model = AutoModelForCausalLM.from_pretrained(cfg.out_dir).eval()
     data = TokenData(cfg.data_dir)
+    token_bytes = token_byte_lengths(data.tokenizer(), model.config.vocab_size)
     losses = {}
     with torch.no_grad():
         for split, batches in evaluation_windows(data, cfg.block_size, cfg.batch_size, cfg.eval_iters).items():
-            batch_losses = []
+            batch_losses, nats, num_bytes = [], 0.0, 0
             for starts in batches:
                 x, y = data.windows(split, starts, cfg.block_size)
-                batch_losses.append(model(x, shift_labels=y).loss)
+                out = model(x, shift_labels=y)
+                batch_losses.append(out.loss)
+                target_nats = F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten(), reduction="none")
+                target_bytes = token_bytes[y.flatten()]
+                nats += target_nats[target_bytes > 0].double().sum().item()
+                num_bytes += target_bytes.sum().item()
             losses[split] = torch.stack(batch_losses).mean().item()
+            losses[f"{split}_bpb"] = nats / (math.log(2) * num_bytes)
     return losses
 
 

@@ -93,7 +93,10 @@ def test_ddp_on_two_processes_follows_one_process_with_twice_the_batch(runs, cha
     # evaluation scores the same windows whatever the number of processes: two processes' last val loss is what
     # one process computes for the model they saved
     cfg = tiny(char_data, runs["ddp"], **TWO, **RUN)
-    assert val_losses(runs["ddp"])[-1] == pytest.approx(one_process_evaluation(cfg)["val"], rel=1e-6)
+    reference = one_process_evaluation(cfg)
+    assert val_losses(runs["ddp"])[-1] == pytest.approx(reference["val"], rel=1e-6)
+    last_eval = [r for r in read_log(runs["ddp"]) if "val_bpb" in r][-1]
+    assert last_eval["val_bpb"] == pytest.approx(reference["val_bpb"], rel=1e-6)  # bits per byte likewise
     checkpoints = runs["ddp"] / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("iter_*")) == ["iter_0000010", "iter_0000020"]
     assert not list(checkpoints.glob(".*tmp"))

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,16 +27,21 @@ from helpers import (
     NANOGPT_FIXTURES,
     as_args,
     free_port,
+    one_process_evaluation,
     read_log,
     step_losses,
     tiny,
+    tiny_model,
 )
 from hf_nanogpt.data.tokens import TokenData
 from hf_nanogpt.data.writing import prepare
+from hf_nanogpt.tokenization import token_byte_lengths
 from hf_nanogpt.train import train
-from hf_nanogpt.training.checkpoint import latest_checkpoint
+from hf_nanogpt.training.checkpoint import STATE_FILE, latest_checkpoint
 from hf_nanogpt.training.config import TrainConfig, load_config_file, micro_steps_per_process, parse_args
+from hf_nanogpt.training.evaluation import estimate_loss, evaluation_windows
 from hf_nanogpt.training.optim import get_lr
+from hf_nanogpt.training.publish import loss_plot, training_card
 
 pytestmark = pytest.mark.slow
 
@@ -181,6 +187,119 @@ def test_training_run_writes_a_usable_model(char_data, tmp_path):
     logged = step_losses(out)
     assert sorted(logged) == list(range(31)) and all(math.isfinite(v) for v in logged.values())
     assert latest_checkpoint(out).name == "iter_0000030"
+
+
+# -- evaluation: the loss per token, and in bits per byte -------------------------------------------------
+
+
+class ThreadAccelerator:
+    """Process `rank` of as many as `slots` has, as a thread, as far as estimate_loss asks: reduce sums the
+    tensors every thread passes at the same point, as accelerator.reduce(..., "sum") does over processes."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, rank: int, slots: list, barrier: threading.Barrier):
+        self.process_index, self.num_processes, self.slots, self.barrier = rank, len(slots), slots, barrier
+
+    def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+        assert reduction == "sum"
+        self.slots[self.process_index] = tensor.clone()
+        self.barrier.wait()
+        total = sum(self.slots[1:], self.slots[0].clone())
+        self.barrier.wait()  # every thread has its sum before the next reduce fills the slots again
+        return total
+
+
+def evaluate_on_processes(world: int, *args) -> list[dict]:
+    """estimate_loss(model, accelerator, *args) on `world` processes (threads): each process's figures."""
+    slots, barrier, results = [None] * world, threading.Barrier(world, timeout=120), [None] * world
+
+    def process(rank: int) -> None:
+        try:
+            results[rank] = estimate_loss(args[0], ThreadAccelerator(rank, slots, barrier), *args[1:])
+        except BaseException as err:
+            barrier.abort()
+            results[rank] = err
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+def test_estimate_loss_is_the_models_loss_with_bits_per_byte_on_any_number_of_processes(char_data):
+    data = TokenData(char_data)
+    model = tiny_model(seed=3)  # 96 embeddings for the 78 characters
+    token_bytes = token_byte_lengths(data.tokenizer(), model.config.vocab_size)
+    windows = evaluation_windows(data, 32, batch_size=4, eval_iters=3)  # 2 or 4 processes score some twice
+    (one,) = evaluate_on_processes(1, model, data, windows, 32, token_bytes)
+    for split, batches in windows.items():
+        losses = []
+        for starts in batches:
+            x, y = data.windows(split, starts, 32)
+            with torch.no_grad():
+                losses.append(model(x, shift_labels=y).loss)
+        assert one[split] == torch.stack(losses).mean().item()  # the loss as it was, bit for bit
+        # one byte a character of ASCII text: bits per byte are the loss per token in bits
+        assert one[f"{split}_bpb"] == pytest.approx(one[split] / math.log(2), rel=1e-6)
+    for world in (2, 4):
+        for figures in evaluate_on_processes(world, model, data, windows, 32, token_bytes):
+            assert figures == pytest.approx(one, rel=1e-6), world
+
+
+def test_evaluations_log_bits_per_byte_beside_the_loss(char_data, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    cfg = tiny(char_data, out, max_iters=10, always_save_checkpoint=True, log_with="tensorboard")
+    train(cfg)
+    evals = [r for r in read_log(out) if "val_loss" in r]
+    assert [r["iter"] for r in evals] == [0, 10]
+    for r in evals:  # char level on ASCII text: a token is a byte
+        assert math.isfinite(r["val_bpb"]) and r["val_bpb"] == pytest.approx(r["val_loss"] / math.log(2), rel=1e-6)
+        assert r["train_bpb"] == pytest.approx(r["train_loss"] / math.log(2), rel=1e-6)
+    # the model saved at iter 10, evaluated here with model(x, shift_labels=y) and token_byte_lengths
+    reference = one_process_evaluation(cfg)
+    assert evals[-1]["val_loss"] == pytest.approx(reference["val"], rel=1e-6)
+    assert evals[-1]["val_bpb"] == pytest.approx(reference["val_bpb"], rel=1e-6)
+    assert f"step 10: train loss {evals[-1]['train_loss']:.4f}, val loss {evals[-1]['val_loss']:.4f}, " in (
+        capsys.readouterr().out
+    )
+    events = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents*")).parent)).Reload()
+    assert {"train/loss", "val/loss", "train/bpb", "val/bpb"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("val/bpb")] == [0, 10]
+    card = (out / "README.md").read_text()
+    assert "| iter | train loss | val loss | val bpb |" in card
+    assert f"| {evals[-1]['val_loss']:.4f} | {evals[-1]['val_bpb']:.4f} |" in card
+    assert f"best validation bits per byte {min(r['val_bpb'] for r in evals):.4f}." in card
+
+
+def test_a_checkpoint_from_before_bits_per_byte_resumes_with_its_card_and_plot(char_data, tmp_path):
+    """Checkpoints written before bits per byte were logged have none in their history."""
+    out = tmp_path / "out"
+    kwargs = dict(eval_interval=5, always_save_checkpoint=True)
+    train(tiny(char_data, out, max_iters=10, **kwargs))
+    state_file = latest_checkpoint(out) / STATE_FILE
+    state = json.loads(state_file.read_text())
+    old = [{k: v for k, v in h.items() if not k.endswith("_bpb")} for h in state["history"]]
+    state_file.write_text(json.dumps({**state, "history": old}))
+    result = train(tiny(char_data, out, init_from="resume", max_iters=15, **kwargs))
+    history = result["history"]
+    assert [(h["iter"], "val_bpb" in h) for h in history] == [(0, False), (5, False), (10, True), (15, True)]
+    card = (out / "README.md").read_text()
+    assert f"| 5 | {history[1]['train']:.4f} | {history[1]['val']:.4f} |  |" in card
+    assert f"| 15 | {history[3]['train']:.4f} | {history[3]['val']:.4f} | {history[3]['val_bpb']:.4f} |" in card
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    # a history with no bits per byte at all: the card says none, the plot has the loss alone
+    cfg, model = tiny(char_data, out), AutoModelForCausalLM.from_pretrained(out)
+    card = training_card(cfg, model, old, None, "shakespeare_char", has_plot=True)
+    assert "| 0 | " in card and "bits per byte" not in card.split("##")[0]
+    assert loss_plot(old)[:4] == b"\x89PNG"
 
 
 def test_only_improving_checkpoints_and_keep(char_data, tmp_path):

@@ -74,7 +74,8 @@ def unsharded(model, state_dict: dict) -> tuple:
 
 
 def loss_plot(history: list[dict]) -> bytes | None:
-    """A PNG of train and val loss over iterations, or None without matplotlib or data."""
+    """A PNG of train and val loss over iterations and, beside it, of bits per byte where the history has them
+    (runs from before they were logged have none), or None without matplotlib or data."""
     if len(history) < 2:
         return None
     from ..plots import png, pyplot
@@ -83,14 +84,18 @@ def loss_plot(history: list[dict]) -> bytes | None:
         plt = pyplot()
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    iters = [h["iter"] for h in history]
-    ax.plot(iters, [h["train"] for h in history], label="train")
-    ax.plot(iters, [h["val"] for h in history], label="val")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    panels = {"": "loss (nats per token)"}  # history key suffix -> y label
+    if any("val_bpb" in h for h in history):
+        panels["_bpb"] = "bits per byte"
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.5), dpi=100, sharex=True, squeeze=False)
+    for ax, (suffix, ylabel) in zip(axes[0], panels.items()):
+        for split in ("train", "val"):
+            points = [(h["iter"], h[split + suffix]) for h in history if split + suffix in h]
+            ax.plot([i for i, _ in points], [v for _, v in points], label=split)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     return png(fig)
 
@@ -121,7 +126,16 @@ def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool,
     )
 
     c = model.config
-    rows = [{"iter": h["iter"], "train loss": f"{h['train']:.4f}", "val loss": f"{h['val']:.4f}"} for h in history]
+    rows = [
+        {
+            "iter": h["iter"],
+            "train loss": f"{h['train']:.4f}",
+            "val loss": f"{h['val']:.4f}",
+            "val bpb": f"{h['val_bpb']:.4f}" if "val_bpb" in h else "",  # none in runs from before it was logged
+        }
+        for h in history
+    ]
+    bpbs = [h["val_bpb"] for h in history if "val_bpb" in h]
     muon = (
         [
             "muon_learning_rate",
@@ -155,7 +169,8 @@ def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool,
     settings = {k: getattr(cfg, k) for k in names}
     sections = {
         "Training": field_table(settings, "setting"),
-        "Losses": table(rows, ["iter", "train loss", "val loss"])
+        "Losses": table(rows, ["iter", "train loss", "val loss", "val bpb"])
+        + "\n\nLoss in nats per token; bpb: the val loss in bits per byte of text, which compares across tokenizers."
         + ("\n\n![loss curve](loss.png)" if has_plot else ""),
     }
     if has_wpe_plot:  # beside the loss curve: what the position embedding learned
@@ -167,7 +182,9 @@ def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool,
             f"trained with "
             f"hf_nanogpt's Accelerate trainer on {dataset_name}"
             + (f", starting from {base_model}" if base_model else "")
-            + (f". Best validation loss {min(h['val'] for h in history):.4f}." if history else ".")
+            + (f". Best validation loss {min(h['val'] for h in history):.4f}" if history else "")
+            + (f", best validation bits per byte {min(bpbs):.4f}" if bpbs else "")
+            + "."
         ),
         sections=sections,
         model_ref=cfg.push_to_hub or cfg.out_dir,
