@@ -190,3 +190,25 @@ def test_the_trainer_puts_the_trained_tokenizer_into_its_model_folder(tmp_path):
     tokens = fields["tokenizer.ggml.tokens"]
     assert all(tokens[i] == token for token, i in trained.get_vocab().items())
     assert len(fields["tokenizer.ggml.merges"]) == 400 - 257
+
+
+@pytest.mark.parametrize("kind", ["jsonl stream", "saved data set"])
+def test_data_sets_and_streams_train_on_their_train_split(kind, tmp_path):
+    """A stream's val documents are every (1/val_fraction)-th; a saved data set's the last ones: either way the
+    trainer sees none of them."""
+    datasets = pytest.importorskip("datasets")
+    val = [i % 4 == 3 for i in range(8)] if kind == "jsonl stream" else [i >= 6 for i in range(8)]
+    documents = [
+        SHAKESPEARE[i * 3_000 : (i + 1) * 3_000] + (VAL_WORD if is_val else TRAIN_WORD) * 100
+        for i, is_val in enumerate(val)
+    ]
+    if kind == "jsonl stream":
+        source = tmp_path / "rows.jsonl"
+        source.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in documents), encoding="utf-8")
+    else:
+        source = tmp_path / "saved"
+        datasets.Dataset.from_dict({"text": documents}).save_to_disk(str(source))
+    info = prepare(source, tmp_path / "out", tokenizer="bpe:400", val_fraction=0.25, num_proc=2, log=lambda line: None)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out" / "tokenizer")
+    assert len(tokenizer.tokenize(TRAIN_WORD)) == 1 and len(tokenizer.tokenize(VAL_WORD)) > 2
+    assert info["bytes"]["val"] == sum(len(doc.encode("utf-8")) for doc, is_val in zip(documents, val) if is_val)
