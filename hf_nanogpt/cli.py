@@ -11,7 +11,8 @@
     hf-nanogpt export gguf MODEL OUT.gguf [--outtype f32|f16|bf16] [--overwrite] [--trust-remote-code]
     hf-nanogpt convert llmc IN.bin OUT [--tokenizer gpt2|DIR] [--overwrite] [--push-to-hub REPO_ID [--private]]
     hf-nanogpt export llmc MODEL OUT.bin [--dtype float32|bfloat16] [--overwrite] [--trust-remote-code]
-    hf-nanogpt prepare INPUT OUT_DIR --tokenizer char|gpt2|PATH [--num_proc N] [--shard_tokens N] [--max_memory SIZE]
+    hf-nanogpt prepare INPUT OUT_DIR --tokenizer char|gpt2|bpe:VOCAB|PATH [--num_proc N] [--shard_tokens N]
+                       [--max_memory SIZE]
     hf-nanogpt train [CONFIG] [--name value ...]          (also: accelerate launch -m hf_nanogpt.train ...)
     hf-nanogpt push MODEL REPO_ID [--private] [--revision BRANCH] [--commit-message M] [--token T]
     hf-nanogpt inspect MODEL --out DIR [--tokens TEXT ...] [--neighbours K] [--trust-remote-code]
@@ -383,9 +384,12 @@ def add_prepare_command(sub) -> None:
         "prepare",
         help="tokenize text into nanoGPT's data layout (train.bin, val.bin, meta.pkl) or llm.c's shards",
         description="Write OUT_DIR/train.bin and val.bin (uint16 ids, uint32 past 65,536 tokens) and, for char "
-        "level, meta.pkl, as nanoGPT's prepare.py scripts do: the first 90%% of a text trains, the rest validates "
-        "(of several documents, the first 90%%; of a stream, every 10th document validates). With --shard_tokens, "
-        "llm.c's and modded-nanogpt's shards instead. Streams: memory does not grow with the corpus.",
+        "level, meta.pkl, as nanoGPT's prepare.py scripts do: the first 90% of a text trains, the rest validates "
+        "(of several documents, the first 90%; of a stream, every 10th document validates). With --shard_tokens, "
+        "llm.c's and modded-nanogpt's shards instead. Streams: memory does not grow with the corpus. "
+        "--tokenizer bpe:VOCAB trains a byte-level BPE of GPT-2's kind on the train split first and saves it in "
+        "OUT_DIR/tokenizer, which the trainer puts into its model folder. Prints the val split's tokens per byte, "
+        "beside what GPT-2's BPE and a char vocabulary would spend.",
     )
     prep.add_argument(
         "input",
@@ -395,7 +399,10 @@ def add_prepare_command(sub) -> None:
     )
     prep.add_argument("out_dir", metavar="OUT_DIR")
     prep.add_argument(
-        "--tokenizer", default="char", help="char | gpt2 | a tokenizer folder or meta.pkl (default: char)"
+        "--tokenizer",
+        default="char",
+        help="char | gpt2 | bpe:VOCAB (a byte-level BPE of VOCAB tokens, e.g. bpe:8192, trained on the train split) "
+        "| a tokenizer folder or meta.pkl (default: char)",
     )
     prep.add_argument("--val_fraction", "--val-fraction", type=float, default=0.1)
     prep.add_argument("--text_column", "--text-column", default="text", help="column of a `datasets` data set")

@@ -1,11 +1,13 @@
-"""The two tokenizers nanoGPT models use, built as `tokenizers`-backed fast tokenizers, and nanoGPT's
+"""The tokenizers nanoGPT models use, built as `tokenizers`-backed fast tokenizers, and nanoGPT's
 meta.pkl vocabulary files.
 
-Both tokenizers save as tokenizer.json, so `AutoTokenizer.from_pretrained(folder)` loads them without
+Every tokenizer saves as tokenizer.json, so `AutoTokenizer.from_pretrained(folder)` loads it without
 this package.
 
 - `gpt2_tokenizer`: OpenAI's GPT-2 BPE (what nanoGPT reads through tiktoken) from its two files; the
   files ship with this package, so it works offline.
+- `train_bpe_tokenizer`: a BPE of GPT-2's kind (byte level, GPT-2's pre-tokenizer, <|endoftext|>) trained
+  on your own text with a vocabulary of your size (`prepare --tokenizer bpe:VOCAB`).
 - `char_tokenizer`: nanoGPT's character-level vocabulary (data/shakespeare_char/prepare.py): one id per
   character, ids in sorted-character order unless a `stoi` map says otherwise.
 - `read_meta_pkl` / `write_meta_pkl`: nanoGPT's meta.pkl ({vocab_size, itos, stoi}), read without
@@ -21,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 GPT2_EOS = "<|endoftext|>"
@@ -34,6 +36,10 @@ GPT2_FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 # Naming an unknown-token that is not in the vocabulary makes `tokenizers` refuse the text instead, with
 # this name in its message: "Unk token `<...>` not found in the vocabulary".
 CHAR_UNKNOWN = "<character not in this char-level vocabulary>"
+
+BPE_PREFIX = "bpe:"  # --tokenizer bpe:VOCAB: a BPE trained on the corpus being prepared
+BPE_MIN_VOCAB = 256 + 2  # the 256 bytes, <|endoftext|>, and at least one merge
+BPE_MAX_VOCAB = 2**20
 
 
 def gpt2_tokenizer(path: str | Path = GPT2_BPE_DIR) -> PreTrainedTokenizerFast:
@@ -59,6 +65,57 @@ def gpt2_tokenizer(path: str | Path = GPT2_BPE_DIR) -> PreTrainedTokenizerFast:
     )
     tokenizer.model_max_length = 1024
     return tokenizer
+
+
+def bpe_vocab_size(spec: str | Path) -> int | None:
+    """VOCAB of a "bpe:VOCAB" tokenizer spec; None for any other spec (char, gpt2, a path)."""
+    spec = str(spec)
+    if not spec.startswith(BPE_PREFIX):
+        return None
+    size = spec.removeprefix(BPE_PREFIX)
+    if not size.isdecimal() or not BPE_MIN_VOCAB <= int(size) <= BPE_MAX_VOCAB:
+        raise ValueError(
+            f"--tokenizer {spec!r}: expected bpe:VOCAB, VOCAB a whole number of tokens from {BPE_MIN_VOCAB} (the 256 "
+            f"bytes, {GPT2_EOS} and one merge) to {BPE_MAX_VOCAB:,}, such as bpe:8192; found {size!r}."
+        )
+    return int(size)
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int, show_progress: bool = False, length: int | None = None
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of GPT-2's kind with `vocab_size` tokens (fewer where `texts` hold fewer pairs to merge)
+    trained on `texts`: GPT-2's pre-tokenizer (its regex, no prefix space) and no normalizer, the 256 bytes as
+    its first alphabet, so that any UTF-8 text round-trips; <|endoftext|> its one special token, as
+    bos/eos/unk/pad like `gpt2_tokenizer`. `length`: how many texts, for tokenizers' own progress bar.
+
+    `texts` are read one at a time and only word counts kept, so a corpus streams through in bounded memory;
+    tokenizers counts in its own threads (TOKENIZERS_PARALLELISM, RAYON_NUM_THREADS)."""
+    if not BPE_MIN_VOCAB <= vocab_size <= BPE_MAX_VOCAB:
+        raise ValueError(
+            f"vocab_size {vocab_size:,}: a byte-level BPE needs {BPE_MIN_VOCAB} to {BPE_MAX_VOCAB:,} tokens (the 256 "
+            f"bytes, {GPT2_EOS} and at least one merge)."
+        )
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[GPT2_EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    backend.train_from_iterator(texts, trainer, length=length)
+    # GPT2TokenizerFast saves as tokenizer_class "GPT2Tokenizer", which AutoTokenizer resolves in any release
+    return GPT2TokenizerFast(
+        tokenizer_object=backend,
+        bos_token=GPT2_EOS,
+        eos_token=GPT2_EOS,
+        unk_token=GPT2_EOS,
+        pad_token=GPT2_EOS,
+        add_prefix_space=False,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def char_tokenizer(
@@ -163,6 +220,11 @@ def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
     with a saved tokenizer (tokenizer.json / tokenizer_config.json)."""
     if str(spec) == "gpt2":
         return gpt2_tokenizer()
+    if bpe_vocab_size(spec) is not None:
+        raise ValueError(
+            f"{spec!r} names a BPE to train, not one to load: `hf-nanogpt prepare INPUT OUT_DIR --tokenizer {spec}` "
+            f"trains it on INPUT and saves it in OUT_DIR/tokenizer; load that folder."
+        )
     path = Path(spec)
     if path.is_file() and path.suffix == ".pkl":
         return char_tokenizer(read_meta_pkl(path)["stoi"])
@@ -225,7 +287,10 @@ def token_byte_lengths(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> t
 
 
 __all__ = [
+    "BPE_MAX_VOCAB",
+    "BPE_MIN_VOCAB",
     "CHAR_UNKNOWN",
+    "bpe_vocab_size",
     "encode_text",
     "GPT2_BPE_DIR",
     "GPT2_EOS",
@@ -235,5 +300,6 @@ __all__ = [
     "load_tokenizer",
     "read_meta_pkl",
     "token_byte_lengths",
+    "train_bpe_tokenizer",
     "write_meta_pkl",
 ]

@@ -59,12 +59,13 @@ def test_folders_and_files_get_the_modes_the_umask_gives(sources, tmp_path):
             ["export", "nanogpt", str(model), str(tmp_path / "exported")],
             ["export", "gpt2", str(model), str(tmp_path / "gpt2")],
             ["prepare", str(ckpt / "input.txt"), str(tmp_path / "data")],
+            ["prepare", str(ckpt / "input.txt"), str(tmp_path / "bpe"), "--tokenizer", "bpe:300"],  # and tokenizer/
         ]
         for argv in commands:
             assert cli.main(argv) == 0
     finally:
         os.umask(old)
-    for name in ("saved", "converted", "exported", "gpt2", "data"):
+    for name in ("saved", "converted", "exported", "gpt2", "data", "bpe"):
         folder = tmp_path / name
         assert stat.S_IMODE(folder.stat().st_mode) == 0o755, name
         for path in folder.rglob("*"):

@@ -1,6 +1,8 @@
 """Text -> ids for `prepare`, at any corpus size: documents cut into segments only where encoding the segments
 apart gives the ids of encoding the text whole (`cut_rule`), gathered into pieces, and encoded in worker
 processes a piece at a time, in order (`encode_pieces`), by tiktoken or the tokenizers library (`Encoder`).
+The environment's say over tokenizers' own threads is set here too: off while worker processes encode
+(`one_thread_per_process`), on while a BPE trains (`tokenizers_threads`).
 """
 
 import contextlib
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..tokenization import CHAR_UNKNOWN, GPT2_BPE_DIR, GPT2_EOS, char_vocab
+from ..tokenization import CHAR_UNKNOWN, GPT2_BPE_DIR, GPT2_EOS, char_vocab, gpt2_tokenizer
 
 # text encoded in one call: tokenizers is fastest on pieces of 10-20k characters (BENCHMARKS.md)
 SEGMENT_CHARS = 1 << 14
@@ -145,18 +147,37 @@ def tiktoken_gpt2():
     )
 
 
+def utf8_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+@dataclass
+class Encoded:
+    """A piece's ids, and what its text measures: UTF-8 bytes, characters and, where counted, GPT-2 tokens."""
+
+    split: str
+    ids: np.ndarray
+    bytes: int
+    chars: int
+    gpt2_tokens: int | None  # the tokens `prepare --tokenizer gpt2` writes for the same text (<|endoftext|>s too)
+
+
 class Encoder:
-    """Segments -> ids, built alike in every process from what pickles: the tokenizer's JSON for the
+    """Pieces -> ids, built alike in every process from what pickles: the tokenizer's JSON for the
     tokenizers library, or, for the bundled GPT-2 BPE where tiktoken is installed, tiktoken (nanoGPT's own
     encoder: the same ids, several times faster, BENCHMARKS.md). Text is encoded as ordinary text: an
-    "<|endoftext|>" inside a document is text, as with tiktoken's encode_ordinary in nanoGPT's prepare.py."""
+    "<|endoftext|>" inside a document is text, as with tiktoken's encode_ordinary in nanoGPT's prepare.py.
 
-    def __init__(self, tokenizer, spec, dtype: np.dtype):
+    `count_gpt2`: the val pieces are also encoded with the bundled GPT-2 BPE, and only counted (prepare's
+    tokens-per-byte comparison, measured in the workers alongside the encoding)."""
+
+    def __init__(self, tokenizer, spec, dtype: np.dtype, count_gpt2: bool = False):
         self.json = tokenizer.backend_tokenizer.to_str()
         self.eot = tokenizer.convert_tokens_to_ids(GPT2_EOS) if GPT2_EOS in tokenizer.get_vocab() else None
         self.dtype = dtype
         self.name = "tiktoken" if str(spec) == "gpt2" and tiktoken_installed() else "tokenizers"
         self.backend = None
+        self.gpt2 = Encoder(gpt2_tokenizer(), "gpt2", np.dtype(np.uint16)) if count_gpt2 else None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "backend": None}  # each process builds its own
@@ -169,6 +190,8 @@ class Encoder:
 
             self.backend = Tokenizer.from_str(self.json)
             self.backend.encode_special_tokens = True  # special tokens in the text are text
+        if self.gpt2 is not None:
+            self.gpt2.start()
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         if self.name == "tiktoken":
@@ -184,19 +207,25 @@ class Encoder:
                 f"use --tokenizer char to build the vocabulary from this text."
             ) from None
 
-    def __call__(self, segments: list[tuple[str, bool]]) -> tuple[np.ndarray, int]:
-        """(ids of the segments, an <|endoftext|> after each marked one; UTF-8 bytes encoded)."""
+    def __call__(self, piece: Piece) -> Encoded:
+        """The ids of the piece's segments, an <|endoftext|> after each marked one."""
         if self.backend is None:
             self.start()
-        ids, nbytes = [], 0
-        for i in range(0, len(segments), ENCODE_BATCH):
-            batch = segments[i : i + ENCODE_BATCH]
-            for (text, eot), encoded in zip(batch, self.encode([text for text, _ in batch])):
+        count_gpt2 = self.gpt2 is not None and piece.split == "val"
+        ids, nbytes, gpt2_tokens = [], 0, 0
+        for i in range(0, len(piece.segments), ENCODE_BATCH):
+            batch = piece.segments[i : i + ENCODE_BATCH]
+            texts = [text for text, _ in batch]
+            for (text, eot), encoded in zip(batch, self.encode(texts)):
                 ids.extend(encoded)
                 if eot and self.eot is not None:
                     ids.append(self.eot)
-                nbytes += len(text) if text.isascii() else len(text.encode("utf-8"))
-        return np.array(ids, dtype=self.dtype), nbytes
+                nbytes += utf8_bytes(text)
+            if count_gpt2:
+                gpt2_tokens += sum(map(len, self.gpt2.encode(texts))) + sum(eot for _, eot in batch)
+        return Encoded(
+            piece.split, np.array(ids, dtype=self.dtype), nbytes, piece.chars, gpt2_tokens if count_gpt2 else None
+        )
 
 
 _worker_encoder: Encoder | None = None  # in a worker process
@@ -208,23 +237,35 @@ def _start_worker(encoder: Encoder) -> None:
     encoder.start()
 
 
-def _encode_in_worker(segments: list[tuple[str, bool]]) -> tuple[np.ndarray, int]:
-    return _worker_encoder(segments)
+def _encode_in_worker(piece: Piece) -> Encoded:
+    return _worker_encoder(piece)
 
 
 @contextlib.contextmanager
-def one_thread_per_process() -> Iterator[None]:
-    """tokenizers' own threads off (it reads TOKENIZERS_PARALLELISM at each call, and in a child at fork):
-    num_proc processes use num_proc cores, no more, and a forked worker does not warn about threads."""
-    saved = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+def environment(**values: str) -> Iterator[None]:
+    """Environment variables set for the duration, then as they were (unset where they were unset)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def one_thread_per_process():
+    """tokenizers' own threads off (it reads TOKENIZERS_PARALLELISM at each call, and in a child at fork):
+    num_proc processes use num_proc cores, no more, and a forked worker does not warn about threads."""
+    return environment(TOKENIZERS_PARALLELISM="false")
+
+
+def tokenizers_threads(num_threads: int):
+    """tokenizers' own threads on, `num_threads` of them, for a BPE's training (one process). Its thread pool
+    reads RAYON_NUM_THREADS once, when first used in the process: a pool already running keeps its size."""
+    return environment(TOKENIZERS_PARALLELISM="true", RAYON_NUM_THREADS=str(num_threads))
 
 
 def worker_pool(num_proc: int, encoder: Encoder):
@@ -235,26 +276,31 @@ def worker_pool(num_proc: int, encoder: Encoder):
     return multiprocessing.get_context(method).Pool(num_proc, initializer=_start_worker, initargs=(encoder,))
 
 
-def encode_pieces(
-    work: Iterable[Piece], encoder: Encoder, num_proc: int, in_flight: int
-) -> Iterator[tuple[str, np.ndarray, int]]:
-    """(split, ids, UTF-8 bytes) per piece, in order: here (num_proc 1), or in `num_proc` worker processes
-    with at most `in_flight` pieces handed out at once (Pool.imap would read the whole input ahead)."""
+def encode_pieces(work: Iterable[Piece], encoder: Encoder, num_proc: int, in_flight: int) -> Iterator[Encoded]:
+    """Each piece encoded, in order: here (num_proc 1), or in `num_proc` worker processes with at most
+    `in_flight` pieces handed out at once (Pool.imap would read the whole input ahead)."""
     if num_proc == 1:
         with one_thread_per_process():
-            for piece in work:
-                yield (piece.split, *encoder(piece.segments))
+            yield from map(encoder, work)
         return
     with one_thread_per_process(), worker_pool(num_proc, encoder) as pool:
         waiting = deque()
         for piece in work:
-            waiting.append((piece.split, pool.apply_async(_encode_in_worker, (piece.segments,))))
+            waiting.append(pool.apply_async(_encode_in_worker, (piece,)))
             if len(waiting) >= in_flight:
-                split, result = waiting.popleft()
-                yield (split, *result.get())
+                yield waiting.popleft().get()
         while waiting:
-            split, result = waiting.popleft()
-            yield (split, *result.get())
+            yield waiting.popleft().get()
 
 
-__all__ = ["Encoder", "cut_rule", "encode_pieces", "newline_cut", "pieces", "segments"]
+__all__ = [
+    "Encoded",
+    "Encoder",
+    "cut_rule",
+    "encode_pieces",
+    "newline_cut",
+    "pieces",
+    "segments",
+    "tokenizers_threads",
+    "utf8_bytes",
+]

@@ -17,6 +17,7 @@ from .shards import read_shard
 
 INFO_FILE = "data_info.json"
 SPLITS = ("train", "val")
+TOKENIZER_DIR = "tokenizer"  # a saved tokenizer that belongs to the data (prepare --tokenizer bpe:VOCAB writes it)
 
 
 class TokenData:
@@ -65,9 +66,12 @@ class TokenData:
         return {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in self.shards.items()}
 
     def tokenizer(self):
-        """meta.pkl -> char level; data_info.json's tokenizer; else GPT-2 BPE, as nanoGPT and llm.c assume."""
+        """meta.pkl -> char level; a tokenizer/ folder (a BPE trained on this data); data_info.json's tokenizer;
+        else GPT-2 BPE, as nanoGPT and llm.c assume."""
         if self.meta is not None:
             return char_tokenizer(self.meta["stoi"])
+        if (self.dir / TOKENIZER_DIR).is_dir():
+            return load_tokenizer(self.dir / TOKENIZER_DIR)
         return load_tokenizer(self.tokenizer_spec or "gpt2")
 
     def window_counts(self, split: str, block_size: int) -> np.ndarray:
@@ -114,4 +118,4 @@ class TokenData:
         return self.windows(split, starts[rank * batch_size : (rank + 1) * batch_size], block_size)
 
 
-__all__ = ["INFO_FILE", "SPLITS", "TokenData"]
+__all__ = ["INFO_FILE", "SPLITS", "TOKENIZER_DIR", "TokenData"]

@@ -4,10 +4,12 @@ nanoGPT's layout or as llm.c's shards (shards.py), which the trainer reads (toke
     prepare("input.txt", "data/shakespeare_char", tokenizer="char")       # what nanoGPT's prepare.py scripts do
     prepare("HuggingFaceFW/fineweb", "data/fineweb10B", tokenizer="gpt2", dataset_config="sample-10BT",
             val_fraction=0.01, shard_tokens="100M")                         # llm.c's fineweb.py, streamed
+    prepare("input.txt", "data/shakespeare_bpe", tokenizer="bpe:8192")     # a BPE trained on the train split
 
 `prepare` streams: documents are read a block at a time, cut into segments, encoded in worker processes a
 piece at a time, and written as the pieces come back, in order. Memory is bounded by the pieces in flight
-(`max_memory`), not by the corpus.
+(`max_memory`), not by the corpus. A BPE to train (`train_bpe`) gets a pass of its own over the train split
+first, also streamed.
 """
 
 import json
@@ -20,11 +22,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..saving import atomic_output_dir, check_apart
-from ..tokenization import char_tokenizer, char_vocab, load_tokenizer, write_meta_pkl
-from .encoding import Encoder, cut_rule, encode_pieces, pieces
+from ..tokenization import (
+    bpe_vocab_size,
+    char_tokenizer,
+    char_vocab,
+    load_tokenizer,
+    train_bpe_tokenizer,
+    write_meta_pkl,
+)
+from .encoding import SEGMENT_CHARS, Encoder, cut_rule, encode_pieces, pieces, segments, tokenizers_threads, utf8_bytes
 from .shards import SHARD_PREFIX, shard_header
-from .sources import characters, open_source, route
-from .tokens import INFO_FILE, SPLITS
+from .sources import Source, characters, open_source, route
+from .tokens import INFO_FILE, SPLITS, TOKENIZER_DIR
 
 # how `prepare` cuts its work (see prepare's docstring for the memory bound)
 MAX_PIECE_CHARS = 1 << 22  # text handed to a worker at once
@@ -89,6 +98,55 @@ class ShardWriter:
 
 
 # ---------------------------------------------------------------------------------------------------
+# a BPE trained on the corpus, and what each tokenizer spends on its val split
+
+
+def train_bpe(src: Source, vocab_size: int, val_fraction: float, num_threads: int, log=print):
+    """`train_bpe_tokenizer` on the train split of `src` (routed as `prepare` routes it: no val text reaches the
+    trainer), read a segment at a time, with a progress bar over its bytes; tokenizers counts the words in
+    `num_threads` threads.
+
+    The segments are cut where GPT-2's pre-tokenizer would end a word anyway (`newline_cut`), so the word
+    counts are those of the whole documents."""
+    total = round(src.bytes * (1 - val_fraction)) if src.bytes else None  # the train split's share, about
+    bar = tqdm(
+        total=total, desc=f"training bpe:{vocab_size} on the train split", unit="B", unit_scale=True, mininterval=1
+    )
+
+    def texts():
+        for split, blocks, _ in route(src, val_fraction):
+            if split == "train":
+                for text in segments(blocks, SEGMENT_CHARS, "newline"):
+                    yield text
+                    bar.update(utf8_bytes(text))
+        bar.total = bar.n  # the count is done; tokenizers now computes the merges
+        bar.set_postfix_str("computing merges")
+
+    started = time.perf_counter()
+    with bar, tokenizers_threads(num_threads):
+        tokenizer = train_bpe_tokenizer(texts(), vocab_size)
+    short = f" ({vocab_size:,} asked: the text has no more pairs to merge)" if len(tokenizer) < vocab_size else ""
+    log(
+        f"bpe:{vocab_size}: {len(tokenizer):,} tokens{short}, trained on {bar.n / 1e6:,.1f} MB of the train split in "
+        f"{time.perf_counter() - started:.1f} s ({num_threads} thread{'s' if num_threads > 1 else ''})"
+    )
+    return tokenizer
+
+
+OTHER_TOKENIZERS = {"gpt2": "GPT-2 BPE", "char": "a char vocabulary"}  # what every tokenizer is compared with
+
+
+def tokens_per_byte_line(label: str, per_byte: dict[str, float]) -> str:
+    """'val: 0.262 tokens/byte with bpe:8192; GPT-2 BPE would spend 0.451, a char vocabulary 0.981'."""
+    others = [(OTHER_TOKENIZERS[name], value) for name, value in per_byte.items() if name != label]
+    line = f"val: {per_byte[label]:.3f} tokens/byte with {label}"
+    if others:
+        (first, value), *rest = others
+        line += f"; {first} would spend {value:.3f}" + "".join(f", {other} {v:.3f}" for other, v in rest)
+    return line
+
+
+# ---------------------------------------------------------------------------------------------------
 # `hf-nanogpt prepare`
 
 
@@ -125,8 +183,9 @@ def prepare(
 ) -> dict:
     """Tokenize `source` (`open_source`: a text file, a folder of text files, a `datasets` data set) into
     nanoGPT's layout, or into llm.c's shards of `shard_tokens` tokens. `tokenizer`: "char" (vocabulary from
-    the text, meta.pkl written; a first pass reads the source for its characters), "gpt2", or a tokenizer
-    folder / meta.pkl.
+    the text, meta.pkl written; a first pass reads the source for its characters), "gpt2", "bpe:VOCAB" (a
+    byte-level BPE of VOCAB tokens trained on the train split, `train_bpe`, saved in out_dir/tokenizer), or a
+    tokenizer folder / meta.pkl.
 
     The val split is fixed by the data alone (the same on every run, whatever num_proc):
     - one text (a text file, a one-row data set): its first (1 - val_fraction) of characters train, the
@@ -146,13 +205,19 @@ def prepare(
     its copies and ids: BYTES_PER_CHAR each character), by making them smaller, down to 4k characters.
     Not counted: the interpreter and libraries (a few hundred MB) and a document that cannot be cut (a
     tokenizer other than char level and GPT-2's byte-level BPE encodes documents whole; a GPT-2 text cuts
-    only before newlines). Memory does not grow with the corpus."""
+    only before newlines). Memory does not grow with the corpus.
+
+    Each split's UTF-8 bytes are counted, and the val split's tokens per byte logged and recorded in
+    data_info.json: this tokenizer's, and what GPT-2's BPE and a char vocabulary would spend on the same text
+    (the tokens `prepare` would write with them; GPT-2's counted in the workers). Returns data_info.json's
+    contents and each split's token count."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
     num_proc = (os.cpu_count() or 1) if num_proc is None else num_proc
     if num_proc < 1:
         raise ValueError(f"num_proc must be at least 1, got {num_proc}.")
     budget = parse_size(max_memory, "max_memory")
+    bpe_vocab = bpe_vocab_size(tokenizer)
     if shard_tokens is not None:
         shard_tokens = parse_size(shard_tokens, "shard_tokens")
         if not 0 < shard_tokens < 2**31:
@@ -163,14 +228,21 @@ def prepare(
     if Path(out_dir).exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists: pass --overwrite to replace it.")
     src = open_source(source, text_column, split, dataset_config)
-    tok = char_tokenizer(characters(src)) if tokenizer == "char" else load_tokenizer(tokenizer)
+    if tokenizer == "char":
+        tok = char_tokenizer(characters(src))
+    elif bpe_vocab is not None:
+        tok = train_bpe(src, bpe_vocab, val_fraction, num_proc, log)
+    else:
+        tok = load_tokenizer(tokenizer)
     stoi = char_vocab(tok)
+    label = "char" if stoi else str(tokenizer)
     dtype = np.dtype(np.uint16 if len(tok) <= 2**16 else np.uint32)
-    encoder = Encoder(tok, tokenizer, dtype)
+    encoder = Encoder(tok, tokenizer, dtype, count_gpt2=label != "gpt2")
     in_flight = 2 * num_proc
     piece_chars = min(MAX_PIECE_CHARS, max(MIN_PIECE_CHARS, budget // (in_flight * BYTES_PER_CHAR)))
     work = pieces(route(src, val_fraction), cut_rule(tok), piece_chars)
-    started, tokens, text_bytes = time.perf_counter(), 0, 0
+    started, tokens = time.perf_counter(), 0
+    text_bytes, val_chars, val_gpt2 = dict.fromkeys(SPLITS, 0), 0, 0
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         writers = {
             name: ShardWriter(tmp, name, shard_tokens, dtype) if shard_tokens else BinWriter(tmp / f"{name}.bin")
@@ -184,34 +256,47 @@ def prepare(
                 unit_scale=True,
                 mininterval=1.0,
             ) as bar:
-                for name, ids, nbytes in encode_pieces(work, encoder, num_proc, in_flight):
-                    writers[name].write(ids)
-                    tokens, text_bytes = tokens + len(ids), text_bytes + nbytes
+                for done in encode_pieces(work, encoder, num_proc, in_flight):
+                    writers[done.split].write(done.ids)
+                    tokens, text_bytes[done.split] = tokens + len(done.ids), text_bytes[done.split] + done.bytes
+                    if done.split == "val":
+                        val_chars, val_gpt2 = val_chars + done.chars, val_gpt2 + (done.gpt2_tokens or 0)
                     bar.set_postfix_str(f"{tokens:,} tokens", refresh=False)
-                    bar.update(nbytes)
+                    bar.update(done.bytes)
         finally:
             counts = {name: writer.close() for name, writer in writers.items()}
+        val_tokens = {label: counts["val"]}  # the tokens written, then the others' (GPT-2's counted unless it wrote)
+        val_tokens.setdefault("gpt2", val_gpt2)
+        val_tokens.setdefault("char", val_chars)
+        val_bytes = text_bytes["val"]
         info = {
             "dtype": dtype.name,
             "vocab_size": len(tok),
-            "tokenizer": "char" if stoi else str(tokenizer),
+            "tokenizer": label,
             "source": str(source),
+            "bytes": text_bytes,
+            "val_tokens_per_byte": {name: n / val_bytes for name, n in val_tokens.items()} if val_bytes else {},
         }
         if shard_tokens:
             info.update(layout="shards", shard_tokens=shard_tokens)
         if stoi is not None:
             write_meta_pkl(tmp / "meta.pkl", stoi)
+        if bpe_vocab is not None:
+            tok.save_pretrained(tmp / TOKENIZER_DIR)
+            info["tokenizer_dir"] = TOKENIZER_DIR
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    seconds = time.perf_counter() - started
+    seconds, total_bytes = time.perf_counter() - started, sum(text_bytes.values())
     shards = f", shards of {shard_tokens:,}" if shard_tokens else ""
     log(
         f"{src.description}: {counts['train']:,} train and {counts['val']:,} val tokens "
         f"({dtype.name}{shards}), vocab {len(tok)} "
-        f"-> {out_dir} ({text_bytes / 1e6:,.1f} MB in {seconds:.1f} s, "
-        f"{text_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s; "
+        f"-> {out_dir} ({total_bytes / 1e6:,.1f} MB in {seconds:.1f} s, "
+        f"{total_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s; "
         f"{num_proc} process{'es' if num_proc > 1 else ''}, {encoder.name})"
     )
+    if info["val_tokens_per_byte"]:
+        log(tokens_per_byte_line(label, info["val_tokens_per_byte"]))
     return {**info, **counts}
 
 
-__all__ = ["BinWriter", "ShardWriter", "parse_size", "prepare"]
+__all__ = ["BinWriter", "ShardWriter", "parse_size", "prepare", "tokens_per_byte_line", "train_bpe"]
