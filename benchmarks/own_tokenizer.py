@@ -161,9 +161,14 @@ def speed(work: Path, megabytes: float, vocab: int, num_proc: int) -> dict:
         "--overwrite",
     ]
     result = measured(cmd, _environment())
-    trained = json.loads((out / "data_info.json").read_text())
+    training = json.loads((out / "data_info.json").read_text())["tokenizer_training"]
     corpus.unlink()
-    return {"megabytes": size / 1e6, "train_tokenizer_s": trained["tokenizer_training"]["seconds"], **result}
+    return {
+        "megabytes": training["bytes"] / 1e6,
+        "train_tokenizer_s": training["seconds"],
+        "corpus_mb": size / 1e6,
+        **result,
+    }
 
 
 def report(rows: list[dict], speed_row: dict | None, command: str) -> str:

@@ -79,3 +79,40 @@ def test_bench_suite_runs_on_tiny_models(tmp_path):
     after = out.read_text()
     generation_section = re.search(r"<!-- bench:generation -->.*<!-- /bench:generation -->", before, re.S).group(0)
     assert generation_section in after
+
+
+def test_own_tokenizer_benchmark_runs_on_a_tiny_corpus(tmp_path):
+    """benchmarks/own_tokenizer.py's three runs and its speed row, on a corpus of our own (no download)."""
+    import json
+    import random
+
+    words = "el la de que y en los se del las un por con no una su para es al lo como más o pero sus le ha me".split()
+    words += "árbol canción niño corazón mañana pequeño último jamás después también".split()
+    rng = random.Random(0)
+    corpus = tmp_path / "es.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"text": " ".join(rng.choices(words, k=60)) + ".\n"}) + "\n" for _ in range(400))
+    )
+    cmd = [sys.executable, "-m", "benchmarks.own_tokenizer", "--tiny", "--corpus", str(corpus)]
+    cmd += [
+        "--work",
+        str(tmp_path / "work"),
+        "--iters",
+        "4",
+        "--vocab",
+        "300",
+        "--speed-mb",
+        "0.2",
+        "--speed-vocab",
+        "300",
+    ]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = re.findall(
+        r"^\| (char|gpt2|bpe:300) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| \**([\d.]+)\** \|", result.stdout, re.M
+    )
+    assert [r[0] for r in rows] == ["char", "gpt2", "bpe:300"]
+    per_byte = {name: float(tpb) for name, _, tpb, _, _ in rows}
+    assert per_byte["bpe:300"] < per_byte["char"] <= 1.0
+    assert all(0 < float(bpb) < 20 for *_, bpb in rows)
+    assert re.search(r"^\| 0\.\d MB \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d,]+ MB \|$", result.stdout, re.M)

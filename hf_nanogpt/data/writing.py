@@ -101,10 +101,10 @@ class ShardWriter:
 # a BPE trained on the corpus, and what each tokenizer spends on its val split
 
 
-def train_bpe(src: Source, vocab_size: int, val_fraction: float, num_threads: int, log=print):
+def train_bpe(src: Source, vocab_size: int, val_fraction: float, num_threads: int, log=print) -> tuple:
     """`train_bpe_tokenizer` on the train split of `src` (routed as `prepare` routes it: no val text reaches the
     trainer), read a segment at a time, with a progress bar over its bytes; tokenizers counts the words in
-    `num_threads` threads.
+    `num_threads` threads. Returns (the tokenizer, {"seconds", "bytes", "threads"}: what its training took).
 
     The segments are cut where GPT-2's pre-tokenizer would end a word anyway (`newline_cut`), so the word
     counts are those of the whole documents."""
@@ -113,24 +113,29 @@ def train_bpe(src: Source, vocab_size: int, val_fraction: float, num_threads: in
         total=total, desc=f"training bpe:{vocab_size} on the train split", unit="B", unit_scale=True, mininterval=1
     )
 
+    read = 0  # bytes (the bar's own count stays 0 when tqdm is disabled)
+
     def texts():
+        nonlocal read
         for split, blocks, _ in route(src, val_fraction):
             if split == "train":
                 for text in segments(blocks, SEGMENT_CHARS, "newline"):
                     yield text
+                    read += utf8_bytes(text)
                     bar.update(utf8_bytes(text))
-        bar.total = bar.n  # the count is done; tokenizers now computes the merges
+        bar.total = read  # the count is done; tokenizers now computes the merges
         bar.set_postfix_str("computing merges")
 
     started = time.perf_counter()
     with bar, tokenizers_threads(num_threads):
         tokenizer = train_bpe_tokenizer(texts(), vocab_size)
+    training = {"seconds": time.perf_counter() - started, "bytes": read, "threads": num_threads}
     short = f" ({vocab_size:,} asked: the text has no more pairs to merge)" if len(tokenizer) < vocab_size else ""
     log(
-        f"bpe:{vocab_size}: {len(tokenizer):,} tokens{short}, trained on {bar.n / 1e6:,.1f} MB of the train split in "
-        f"{time.perf_counter() - started:.1f} s ({num_threads} thread{'s' if num_threads > 1 else ''})"
+        f"bpe:{vocab_size}: {len(tokenizer):,} tokens{short}, trained on {read / 1e6:,.1f} MB of the train split in "
+        f"{training['seconds']:.1f} s ({num_threads} thread{'s' if num_threads > 1 else ''})"
     )
-    return tokenizer
+    return tokenizer, training
 
 
 OTHER_TOKENIZERS = {"gpt2": "GPT-2 BPE", "char": "a char vocabulary"}  # what every tokenizer is compared with
@@ -228,10 +233,11 @@ def prepare(
     if Path(out_dir).exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists: pass --overwrite to replace it.")
     src = open_source(source, text_column, split, dataset_config)
+    training = None  # what training a bpe:VOCAB took
     if tokenizer == "char":
         tok = char_tokenizer(characters(src))
     elif bpe_vocab is not None:
-        tok = train_bpe(src, bpe_vocab, val_fraction, num_proc, log)
+        tok, training = train_bpe(src, bpe_vocab, val_fraction, num_proc, log)
     else:
         tok = load_tokenizer(tokenizer)
     stoi = char_vocab(tok)
@@ -283,7 +289,7 @@ def prepare(
             write_meta_pkl(tmp / "meta.pkl", stoi)
         if bpe_vocab is not None:
             tok.save_pretrained(tmp / TOKENIZER_DIR)
-            info["tokenizer_dir"] = TOKENIZER_DIR
+            info.update(tokenizer_dir=TOKENIZER_DIR, tokenizer_training=training)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     seconds, total_bytes = time.perf_counter() - started, sum(text_bytes.values())
     shards = f", shards of {shard_tokens:,}" if shard_tokens else ""
