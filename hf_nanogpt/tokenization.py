@@ -11,8 +11,10 @@ this package.
 - `read_meta_pkl` / `write_meta_pkl`: nanoGPT's meta.pkl ({vocab_size, itos, stoi}), read without
   running any code a pickle might carry.
 - `load_tokenizer`: "gpt2", a meta.pkl, or a folder, as the command line takes them.
+- `token_bytes`, `eot_id`, `is_gpt2_vocab`: what exports to other runtimes need to know of a tokenizer.
 """
 
+import functools
 import io
 import json
 import pickle
@@ -156,6 +158,58 @@ def char_vocab(tokenizer: PreTrainedTokenizerBase) -> dict[str, int] | None:
     return dict(vocab)
 
 
+def eot_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The id of <|endoftext|>, the token that separates documents (GPT-2's 50256; 0 in a trained BPE), or None
+    when the vocabulary has none (char level)."""
+    return tokenizer.get_vocab().get(GPT2_EOS)
+
+
+@functools.cache
+def gpt2_vocab() -> dict[str, int]:
+    """GPT-2's 50257 tokens -> ids, from the bundled encoder.json (read once; not to be changed)."""
+    return json.loads((GPT2_BPE_DIR / "encoder.json").read_text(encoding="utf-8"))
+
+
+def is_gpt2_vocab(tokenizer: PreTrainedTokenizerBase | None) -> bool:
+    """GPT-2's own BPE vocabulary (the bundled encoder.json: the ids tiktoken's "gpt2" gives), whatever the
+    tokenizer's class; a BPE trained on other text is not, even with GPT-2's pre-tokenizer."""
+    return tokenizer is not None and tokenizer.get_vocab() == gpt2_vocab()
+
+
+@functools.cache
+def byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's stand-in character -> the byte it stands for (GPT-2's bytes_to_unicode, inverted)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
+    """The bytes each id stands for, ids 0..len(tokenizer)-1, as decoding writes them: a byte-level BPE's
+    tokens through `byte_decoder`, a char-level vocabulary's characters and added tokens (<|endoftext|>) as
+    UTF-8. A ValueError says why when a tokenizer has no such table (other kinds, ids with gaps)."""
+    by_id = {i: token for token, i in tokenizer.get_vocab().items()}
+    if sorted(by_id) != list(range(len(by_id))):
+        raise ValueError(f"its {len(by_id)} token ids are not 0..{len(by_id) - 1}, with no gaps")
+    added = {i: token.content for i, token in tokenizer.added_tokens_decoder.items()}
+    if char_vocab(tokenizer) is not None:
+        return [by_id[i].encode("utf-8") for i in range(len(by_id))]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.decoder, decoders.ByteLevel):
+        raise ValueError(
+            f"{type(tokenizer).__name__} is neither a byte-level BPE nor char level, so its tokens have no fixed bytes"
+        )
+    to_byte, table = byte_decoder(), []
+    for i in range(len(by_id)):
+        if i in added:
+            table.append(added[i].encode("utf-8"))
+        elif all(char in to_byte for char in by_id[i]):
+            table.append(bytes(to_byte[char] for char in by_id[i]))
+        else:
+            raise ValueError(f"token {i} ({by_id[i]!r}) has characters outside the byte-level alphabet")
+    return table
+
+
 def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
     """'gpt2' (GPT-2 BPE, bundled), a meta.pkl (char level), a folder with GPT-2 BPE files, or a folder
     with a saved tokenizer (tokenizer.json / tokenizer_config.json)."""
@@ -179,10 +233,15 @@ __all__ = [
     "encode_text",
     "GPT2_BPE_DIR",
     "GPT2_EOS",
+    "byte_decoder",
     "char_tokenizer",
     "char_vocab",
+    "eot_id",
     "gpt2_tokenizer",
+    "gpt2_vocab",
+    "is_gpt2_vocab",
     "load_tokenizer",
     "read_meta_pkl",
+    "token_bytes",
     "write_meta_pkl",
 ]

@@ -68,6 +68,27 @@ def tiny_model(seed: int = 0, attn_implementation: str = "sdpa", **overrides) ->
     return model
 
 
+def trained_bpe(texts: list[str], vocab_size: int):
+    """A byte-level BPE trained on `texts`, as `hf-nanogpt prepare --tokenizer bpe:VOCAB` trains one (GPT-2's
+    pre-tokenizer, no normalizer, <|endoftext|> as id 0 and as bos/eos/unk/pad)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(texts, trainer)
+    eot = "<|endoftext|>"
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=eot, eos_token=eot, unk_token=eot, pad_token=eot
+    )
+
+
 def load_nanogpt_fixture(name: str) -> dict:
     """A fixture folder: ckpt (nanoGPT's ckpt.pt contents), inputs, refs and greedy.json."""
     folder = NANOGPT_FIXTURES / name

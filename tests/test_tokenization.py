@@ -3,12 +3,15 @@ import pickle
 import pytest
 from transformers import AutoTokenizer
 
-from helpers import NANOGPT_FIXTURES
+from helpers import FIXTURES, NANOGPT_FIXTURES, trained_bpe
 from hf_nanogpt.tokenization import (
     CHAR_UNKNOWN,
     GPT2_BPE_DIR,
     char_tokenizer,
+    eot_id,
     gpt2_tokenizer,
+    is_gpt2_vocab,
+    token_bytes,
 )
 
 
@@ -75,3 +78,18 @@ def test_char_tokenizer_rejects_bad_vocabularies():
         char_tokenizer({"ab": 0, "c": 1})
     with pytest.raises(ValueError, match="no gaps"):
         char_tokenizer({"a": 0, "b": 2})
+
+
+def test_what_exports_ask_of_a_tokenizer(gpt2_tok, tmp_path):
+    gpt2_tok.save_pretrained(tmp_path / "gpt2")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "gpt2")  # another class, the same vocabulary
+    trained = trained_bpe([(FIXTURES / "shakespeare_char" / "input_head.txt").read_text()], 300)
+    char = char_tokenizer("aé\n")
+    assert [is_gpt2_vocab(t) for t in (gpt2_tok, reloaded, trained, char, None)] == [True, True, False, False, False]
+    assert [eot_id(t) for t in (gpt2_tok, trained, char)] == [50256, 0, None]
+    assert token_bytes(char) == [b"\n", b"a", "é".encode()]
+    table = token_bytes(trained)
+    assert len(table) == 300 and table[0] == b"<|endoftext|>" and set(table[1:257]) == {bytes([b]) for b in range(256)}
+    ids = trained("ROMEO: ¿qué?\n").input_ids
+    assert b"".join(table[i] for i in ids) == "ROMEO: ¿qué?\n".encode()
+    assert token_bytes(reloaded)[50256] == b"<|endoftext|>" and token_bytes(reloaded)[220] == b" "
