@@ -452,7 +452,9 @@ def add_export_commands(sub) -> None:
         "nanogpt",
         help="a model folder or Hub id -> OUT_DIR/ckpt.pt for nanoGPT's sample.py and train.py",
         description="Write OUT_DIR/ckpt.pt in nanoGPT's format (model, model_args, iter_num, best_val_loss, config, "
-        "and an optimizer entry train.py accepts with init_from='resume'), plus meta.pkl for char-level tokenizers.",
+        "and an optimizer entry train.py accepts with init_from='resume'), plus meta.pkl for char-level tokenizers. "
+        "Any tokenizer but GPT-2's BPE and char level (a trained BPE) is saved in OUT_DIR/tokenizer/, with a warning: "
+        "nanoGPT's sample.py would decode its ids as GPT-2's.",
     )
     add_model_argument(en)
     en.add_argument("out_dir", metavar="OUT_DIR")
@@ -496,14 +498,16 @@ def add_export_commands(sub) -> None:
         description="Write an llm.c model file: version 3 (float32, what train_gpt2.c reads) or 5 (bfloat16, "
         "train_gpt2.cu's default), V = the tokenizer's size, wte padded with zero rows to a multiple of 128, zero "
         "biases for bias=False. llm.c computes the tanh GELU: an exact-GELU model is exported with a warning giving "
-        "the measured logit change. The file is read back and checked with llm.c's forward (logits within 1e-5).",
+        "the measured logit change. The file is read back and checked with llm.c's forward (logits within 1e-5). "
+        "The tokenizer goes beside it as OUT_tokenizer.bin in llm.c's tokenizer format (copy it to gpt2_tokenizer.bin "
+        "where llm.c runs); a tokenizer without <|endoftext|> (char level) gets none, with a note.",
     )
     add_model_argument(el)
     el.add_argument("out", metavar="OUT.bin", help="llm.c model file to write (train_gpt2.c reads gpt2_124M.bin)")
     el.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16"], help="float32: version 3; bfloat16: version 5"
     )
-    add_overwrite_option(el, "OUT.bin")
+    add_overwrite_option(el, "OUT.bin (and OUT_tokenizer.bin)")
     add_trust_remote_code_option(el)
     el.set_defaults(func=cmd_export_llmc)
 

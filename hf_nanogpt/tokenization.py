@@ -14,8 +14,10 @@ this package.
   running any code a pickle might carry.
 - `load_tokenizer`: "gpt2", a meta.pkl, or a folder, as the command line takes them.
 - `token_byte_lengths`: how many bytes of text each id stands for (the trainer's bits per byte).
+- `token_bytes`, `eot_id`, `is_gpt2_vocab`: what exports to other runtimes need to know of a tokenizer.
 """
 
+import functools
 import io
 import json
 import pickle
@@ -215,6 +217,57 @@ def char_vocab(tokenizer: PreTrainedTokenizerBase) -> dict[str, int] | None:
     return dict(vocab)
 
 
+def eot_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The id of <|endoftext|>, the token that separates documents (GPT-2's 50256; 0 in a trained BPE), or None
+    when the vocabulary has none (char level)."""
+    return tokenizer.get_vocab().get(GPT2_EOS)
+
+
+@functools.cache
+def gpt2_vocab() -> dict[str, int]:
+    """GPT-2's 50257 tokens -> ids, from the bundled encoder.json (read once; not to be changed)."""
+    return json.loads((GPT2_BPE_DIR / "encoder.json").read_text(encoding="utf-8"))
+
+
+def is_gpt2_vocab(tokenizer: PreTrainedTokenizerBase | None) -> bool:
+    """GPT-2's own BPE vocabulary (the bundled encoder.json: the ids tiktoken's "gpt2" gives), whatever the
+    tokenizer's class; a BPE trained on other text is not, even with GPT-2's pre-tokenizer."""
+    return tokenizer is not None and tokenizer.get_vocab() == gpt2_vocab()
+
+
+@functools.cache
+def byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's stand-in character -> the byte it stands for (GPT-2's bytes_to_unicode, inverted)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
+    """The bytes each id stands for, ids 0..len(tokenizer)-1, as decoding writes them: a byte-level BPE's
+    tokens through `byte_decoder`, a char-level vocabulary's characters and added tokens (<|endoftext|>) as
+    UTF-8. A ValueError says why when a tokenizer has no such table (other kinds, ids with gaps)."""
+    by_id = {i: token for token, i in tokenizer.get_vocab().items()}
+    if sorted(by_id) != list(range(len(by_id))):
+        raise ValueError(f"its {len(by_id)} token ids are not 0..{len(by_id) - 1}, with no gaps")
+    added = {i: token.content for i, token in tokenizer.added_tokens_decoder.items()}
+    if char_vocab(tokenizer) is not None:
+        return [by_id[i].encode("utf-8") for i in range(len(by_id))]
+    if not is_byte_level(tokenizer):
+        raise ValueError(
+            f"{type(tokenizer).__name__} is neither a byte-level BPE nor char level, so its tokens have no fixed bytes"
+        )
+    to_byte, table = byte_decoder(), []
+    for i in range(len(by_id)):
+        if i in added:
+            table.append(added[i].encode("utf-8"))
+        elif all(char in to_byte for char in by_id[i]):
+            table.append(bytes(to_byte[char] for char in by_id[i]))
+        else:
+            raise ValueError(f"token {i} ({by_id[i]!r}) has characters outside the byte-level alphabet")
+    return table
+
+
 def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
     """'gpt2' (GPT-2 BPE, bundled), a meta.pkl (char level), a folder with GPT-2 BPE files, or a folder
     with a saved tokenizer (tokenizer.json / tokenizer_config.json)."""
@@ -258,31 +311,19 @@ def is_byte_level(tokenizer: PreTrainedTokenizerBase) -> bool:
 def token_byte_lengths(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> torch.Tensor:
     """How many bytes of UTF-8 text each id stands for: int64, shape (vocab_size,).
 
-    Exact for byte-level BPE (each character of a token is one byte, bytes_to_unicode's alphabet) and for
-    char-level vocabularies (a character's UTF-8 length); for any other tokenizer the length of the id decoded
-    alone, which is approximate (SentencePiece drops a word's leading space, a byte-fallback piece decodes to
-    U+FFFD). Special tokens (<|endoftext|>) are 0, as are ids past the tokenizer's (nanoGPT pads GPT-2's
-    50257 rows to 50304): the text has no bytes for them."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
+    Exact where `token_bytes` has the table (byte-level BPE, char level); for any other tokenizer the length of
+    the id decoded alone, which is approximate (SentencePiece drops a word's leading space, a byte-fallback piece
+    decodes to U+FFFD). Special tokens (<|endoftext|>) are 0, as are ids past the tokenizer's (nanoGPT pads
+    GPT-2's 50257 rows to 50304): the text has no bytes for them."""
+    try:
+        table = token_bytes(tokenizer)
+    except ValueError:
+        table = [tokenizer.decode([i]).encode("utf-8") for i in range(len(tokenizer))]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     lengths = torch.zeros(vocab_size, dtype=torch.int64)
-    stoi = char_vocab(tokenizer)
-    if stoi is not None:
-        for ch, i in stoi.items():
-            if i < vocab_size:
-                lengths[i] = len(ch.encode("utf-8"))
-        return lengths
-    byte_level = is_byte_level(tokenizer)
-    byte_alphabet = set(bytes_to_unicode().values())  # byte -> the printable character standing for it
-    added = tokenizer.added_tokens_decoder  # an added token is its own text, not byte-level characters
-    special = set(tokenizer.all_special_ids) | {i for i, token in added.items() if token.special}
-    for token, i in tokenizer.get_vocab().items():
-        if i >= vocab_size or i in special:
-            continue
-        if byte_level and i not in added and set(token) <= byte_alphabet:
-            lengths[i] = len(token)  # one character, one byte
-        else:
-            lengths[i] = len(tokenizer.decode([i]).encode("utf-8"))
+    for i, text in enumerate(table[:vocab_size]):
+        if i not in special:
+            lengths[i] = len(text)
     return lengths
 
 
@@ -294,12 +335,17 @@ __all__ = [
     "encode_text",
     "GPT2_BPE_DIR",
     "GPT2_EOS",
+    "byte_decoder",
     "char_tokenizer",
     "char_vocab",
+    "eot_id",
     "gpt2_tokenizer",
+    "gpt2_vocab",
+    "is_gpt2_vocab",
     "load_tokenizer",
     "read_meta_pkl",
     "token_byte_lengths",
+    "token_bytes",
     "train_bpe_tokenizer",
     "write_meta_pkl",
 ]

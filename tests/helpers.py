@@ -71,6 +71,13 @@ def tiny_model(seed: int = 0, attn_implementation: str = "sdpa", **overrides) ->
     return model
 
 
+def trained_bpe(texts: list[str], vocab_size: int):
+    """A byte-level BPE trained on `texts`, as `hf-nanogpt prepare --tokenizer bpe:VOCAB` trains one."""
+    from hf_nanogpt.tokenization import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(texts, vocab_size)
+
+
 def load_nanogpt_fixture(name: str) -> dict:
     """A fixture folder: ckpt (nanoGPT's ckpt.pt contents), inputs, refs and greedy.json."""
     folder = NANOGPT_FIXTURES / name

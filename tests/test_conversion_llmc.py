@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 
 import numpy as np
@@ -19,13 +20,20 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from helpers import tiny_model
+from helpers import FIXTURES, tiny_model, trained_bpe
 from hf_nanogpt import cli
 from hf_nanogpt.conversion.common import ConversionError, probe_batch
-from hf_nanogpt.conversion.llmc import convert_llmc, export_llmc
+from hf_nanogpt.conversion.llmc import (
+    convert_llmc,
+    export_llmc,
+    llmc_token_table,
+    read_llmc_tokenizer,
+    write_llmc_tokenizer,
+)
 from hf_nanogpt.saving import save_model_folder
-from hf_nanogpt.tokenization import char_tokenizer, gpt2_tokenizer
+from hf_nanogpt.tokenization import GPT2_BPE_DIR, char_tokenizer, gpt2_tokenizer
 
 L, NH, C, MAX_T, V = 2, 4, 32, 64, 50257
 VP = 50304  # llm.c's padding of 50257 to a multiple of 128
@@ -267,7 +275,15 @@ def test_char_model_padded_to_128(tmp_path):
     chars = sorted(set("hello world, ROMEO:"))
     model = tiny_model(seed=5, vocab_size=len(chars), block_size=MAX_T, activation_function="gelu_new")
     save_model_folder(model, tmp_path / "src", char_tokenizer(chars))
-    export_llmc(tmp_path / "src", tmp_path / "char.bin")
+    (tmp_path / "char_tokenizer.bin").write_bytes(b"an earlier model's")
+    logs = []
+    export_llmc(tmp_path / "src", tmp_path / "char.bin", overwrite=True, log=logs.append)
+    # no end-of-text token: no tokenizer file (and not an earlier one), and a note saying what llm.c does instead
+    assert not (tmp_path / "char_tokenizer.bin").exists()
+    note = next(line for line in logs if line.startswith("note: no llm.c tokenizer file"))
+    assert "the tokenizer has no <|endoftext|>" in note and "prints the token ids of its samples instead of text" in (
+        note
+    )
     read = train_gpt2_c_check(tmp_path / "char.bin")
     assert (read["V"], read["Vp"]) == (len(chars), 128)
     wte = np.fromfile(tmp_path / "char.bin", dtype=np.float32, count=128 * C, offset=1024).reshape(128, C)
@@ -288,6 +304,129 @@ def test_char_model_padded_to_128(tmp_path):
     assert (
         AutoTokenizer.from_pretrained(tmp_path / "back")("hello").input_ids == char_tokenizer(chars)("hello").input_ids
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# the tokenizer file beside the model file
+
+# text that llm.c prints through the tokenizer file: accents, Devanagari, emoji, digits, code, spaces and newlines
+MIXED = "Señor, ¿qué tal? नमस्ते दुनिया 🙂👍🏽 12345 67.89\ndef f(x):\n    return x  # two\n\n\n   end"
+
+
+def llmc_gpt2_tokenizer_bin() -> bytes:
+    """gpt2_tokenizer.bin as llm.c's train_gpt2.py write_tokenizer writes it (tiktoken's decode_bytes of each of
+    GPT-2's 50257 ids, version 2, eot 50256), re-done here from OpenAI's encoder.json."""
+    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
+    vocab = json.loads((GPT2_BPE_DIR / "encoder.json").read_text(encoding="utf-8"))
+    assert sorted(vocab.values()) == list(range(50257))
+    parts = [struct.pack("<256i", 20240328, 2, 50257, 50256, *[0] * 252)]
+    for token in sorted(vocab, key=vocab.get):
+        token_bytes = bytes(to_byte[char] for char in token)
+        parts.append(struct.pack("<B", len(token_bytes)) + token_bytes)
+    return b"".join(parts)
+
+
+def test_gpt2_tokenizer_file_is_llmcs_gpt2_tokenizer_bin(llmc_file, tmp_path):
+    _, _, _, converted = llmc_file
+    logs = []
+    export_llmc(converted, tmp_path / "gpt2_124M.bin", log=logs.append)
+    written = tmp_path / "gpt2_124M_tokenizer.bin"
+    assert written.read_bytes() == llmc_gpt2_tokenizer_bin()
+    line = next(line for line in logs if line.startswith(f"wrote {written}"))
+    assert "50257 tokens, end of text 50256" in line and "open gpt2_tokenizer.bin in the folder they run in" in line
+    tokens, eot = read_llmc_tokenizer(written)
+    assert eot == 50256 and tokens[50256] == b"<|endoftext|>" and tokens[:2] == [b"!", b'"']
+    ids = gpt2_tokenizer()(MIXED).input_ids
+    assert b"".join(tokens[i] for i in ids) == MIXED.encode()  # what llm.c prints, token by token
+    # convert llmc checks the tokenizer against the file beside the model
+    convert_llmc(tmp_path / "gpt2_124M.bin", tmp_path / "back", log=logs.append)
+    assert "checked against gpt2_124M_tokenizer.bin" in logs[-1]
+
+
+SHAKESPEARE = FIXTURES / "shakespeare_char" / "input_head.txt"
+
+
+def mixed_bpe():
+    """A byte-level BPE of 500 tokens (<|endoftext|> = 0) trained on Shakespeare and MIXED: merges of multi-byte
+    characters included."""
+    return trained_bpe([SHAKESPEARE.read_text(), MIXED * 10], 500)
+
+
+def test_trained_bpe_tokenizer_file(tmp_path):
+    tokenizer = mixed_bpe()
+    model = tiny_model(seed=7, vocab_size=512, block_size=MAX_T, activation_function="gelu_new")
+    save_model_folder(model, tmp_path / "src", tokenizer)
+    export_llmc(tmp_path / "src", tmp_path / "model.bin")
+    assert train_gpt2_c_check(tmp_path / "model.bin")["V"] == 500
+    tokens, eot = read_llmc_tokenizer(tmp_path / "model_tokenizer.bin")
+    assert len(tokens) == 500 and eot == 0 and tokens[0] == b"<|endoftext|>"
+    ids = tokenizer(MIXED).input_ids
+    assert b"".join(tokens[i] for i in ids) == MIXED.encode()
+    assert any(len(tokens[i]) > 1 and min(tokens[i]) >= 0x80 for i in ids)  # merged multi-byte characters
+    header = np.fromfile(tmp_path / "model_tokenizer.bin", dtype="<i4", count=256)
+    assert header[:4].tolist() == [20240328, 2, 500, 0] and not header[4:].any()
+
+    logs = []
+    convert_llmc(tmp_path / "model.bin", tmp_path / "back", tokenizer=str(tmp_path / "src"), log=logs.append)
+    assert "checked against model_tokenizer.bin" in logs[-1]
+    save_model_folder(tiny_model(vocab_size=512), tmp_path / "other", trained_bpe([SHAKESPEARE.read_text()], 500))
+    with pytest.raises(ConversionError, match=r"is not the one in .*model_tokenizer.bin beside it \(500 tokens, end"):
+        convert_llmc(tmp_path / "model.bin", tmp_path / "back2", tokenizer=str(tmp_path / "other"))
+
+
+def test_tokenizers_llmc_cannot_hold(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    def byte_level(vocab):
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        backend.pre_tokenizer, backend.decoder = pre_tokenizers.ByteLevel(), decoders.ByteLevel()
+        return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+
+    with pytest.raises(ConversionError, match="token 1 is 300 bytes long; llm.c's file holds tokens of 1 to 255"):
+        llmc_token_table(byte_level({"<|endoftext|>": 0, "a" * 300: 1}))
+    with pytest.raises(ConversionError, match=r"token 1 \('€'\) has characters outside the byte-level alphabet"):
+        llmc_token_table(byte_level({"<|endoftext|>": 0, "€": 1}))
+    with pytest.raises(ConversionError, match="no tokenizer"):
+        llmc_token_table(None)
+
+    words = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "hello": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    save_model_folder(tiny_model(vocab_size=8), tmp_path / "words", PreTrainedTokenizerFast(tokenizer_object=words))
+    logs = []
+    export_llmc(tmp_path / "words", tmp_path / "words.bin", log=logs.append)  # the model file still
+    assert (tmp_path / "words.bin").is_file() and not (tmp_path / "words_tokenizer.bin").exists()
+    assert "neither a byte-level BPE nor char level, so its tokens have no fixed bytes" in logs[-1]
+
+
+def test_tokenizer_file_needs_overwrite(llmc_file, tmp_path):
+    _, _, _, converted = llmc_file
+    (tmp_path / "m_tokenizer.bin").write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="m_tokenizer.bin exists.*--overwrite"):
+        export_llmc(converted, tmp_path / "m.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_tokenizer.bin"]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d[:-1], r"header says 3 tokens .* found 2 whole tokens and 2 bytes after them: truncated"),
+        (lambda d: d + b"x", r"found 3 whole tokens and 1 bytes after them"),
+        (lambda d: d[:1024] + b"\0" + d[1024:], r"found 0 whole tokens and 13 bytes after them"),  # a zero length
+        (lambda d: d[:4] + struct.pack("<i", 3) + d[8:], r"version 3 with 3 tokens, expected version 2"),
+        (lambda d: d[:4] + struct.pack("<i", 1) + d[8:], r"version 1 with 3 tokens, expected .* GPT-2's 50257"),
+        (lambda d: d[:12] + struct.pack("<i", 3) + d[16:], r"end-of-text id 3 is not one of its 3 tokens"),
+        (lambda d: struct.pack("<i", 20240326) + d[4:], r"magic number 20240326.*this is an llm.c model file"),
+    ],
+    ids=["truncated", "extra-byte", "zero-length", "version-3", "version-1", "eot", "model-file"],
+)
+def test_bad_tokenizer_files_are_refused(tmp_path, edit, message):
+    write_llmc_tokenizer(tmp_path / "t.bin", [b"<|endoftext|>"[:5], b"ab", "é".encode()], 0)
+    tokens, eot = read_llmc_tokenizer(tmp_path / "t.bin")
+    assert (tokens, eot) == ([b"<|end", b"ab", b"\xc3\xa9"], 0)
+    (tmp_path / "t.bin").write_bytes(edit((tmp_path / "t.bin").read_bytes()))
+    with pytest.raises(ConversionError, match=message):
+        read_llmc_tokenizer(tmp_path / "t.bin")
 
 
 def corrupt(tmp_path, src, edit) -> str:
@@ -432,3 +571,47 @@ def test_llmc_train_gpt2_c_runs_the_export(tmp_path):
         f"llm.c train_gpt2.c vs hf_nanogpt: max |logits difference| = {diff:.3e} (max |logit| {ours.abs().max():.2f})"
     )
     assert diff <= 1e-4 * max(1.0, ours.abs().max().item())
+
+
+TOKENIZER_HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "llmc/tokenizer.h"
+// read argv[1] with tokenizer_init as train_gpt2.c does; print V and the end-of-text id, then the bytes
+// tokenizer_decode gives for each id argv[2:] (raw: safe_printf would leave out lone unprintable bytes)
+int main(int argc, char **argv) {
+    Tokenizer tokenizer;
+    tokenizer_init(&tokenizer, argv[1]);
+    if (!tokenizer.init_ok) { return 1; }
+    printf("%u %d\n", tokenizer.vocab_size, tokenizer.eot_token);
+    for (int i = 2; i < argc; i++) { fputs(tokenizer_decode(&tokenizer, (uint32_t)atoi(argv[i])), stdout); }
+    tokenizer_free(&tokenizer);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(
+    not os.environ.get("LLMC"), reason="set LLMC=path/to/llm.c (a checkout) to read our tokenizer file with its C code"
+)
+@pytest.mark.parametrize("kind", ["gpt2", "trained-bpe"])
+def test_llmc_tokenizer_h_reads_the_tokenizer_file(tmp_path, kind):
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        pytest.skip("no C compiler")
+    (tmp_path / "harness.c").write_text(TOKENIZER_HARNESS)
+    harness = tmp_path / "harness"
+    command = [compiler, "-O2", "-I", os.environ["LLMC"], str(tmp_path / "harness.c"), "-o", str(harness)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    if kind == "gpt2":
+        tokenizer, eot = gpt2_tokenizer(), 50256
+    else:
+        tokenizer, eot = mixed_bpe(), 0
+    save_model_folder(tiny_model(vocab_size=len(tokenizer), block_size=MAX_T), tmp_path / "src", tokenizer)
+    export_llmc(tmp_path / "src", tmp_path / "model.bin", log=lambda *a: None)
+    ids = tokenizer(MIXED).input_ids
+    result = subprocess.run(
+        [str(harness), str(tmp_path / "model_tokenizer.bin"), *map(str, ids)], capture_output=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == f"{len(tokenizer)} {eot}\n".encode() + MIXED.encode()

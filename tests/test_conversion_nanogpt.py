@@ -11,9 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
 
-from helpers import FIXTURES, NANOGPT_FIXTURES, load_nanogpt_fixture
+from helpers import FIXTURES, NANOGPT_FIXTURES, load_nanogpt_fixture, tiny_model, trained_bpe
 from hf_nanogpt import cli
 from hf_nanogpt.conversion.nanogpt import CheckpointError, convert_nanogpt, export_nanogpt, load_checkpoint
+from hf_nanogpt.saving import save_model_folder
 from hf_nanogpt.tokenization import CHAR_UNKNOWN, read_meta_pkl
 
 A, B = "A_char_nobias", "B_bpe_bias"
@@ -227,7 +228,23 @@ def test_round_trip_is_exact_and_resumable(converted, tmp_path, name):
         with open(tmp_path / "out" / "meta.pkl", "rb") as f, open(NANOGPT_FIXTURES / A / "meta.pkl", "rb") as g:
             assert pickle.load(f) == pickle.load(g)
     else:
-        assert not (tmp_path / "out" / "meta.pkl").exists()  # GPT-2 BPE: sample.py falls back to tiktoken
+        assert only(tmp_path / "out") == ["ckpt.pt"]  # GPT-2 BPE: sample.py falls back to tiktoken
+
+
+def test_export_with_a_trained_bpe_keeps_its_tokenizer_and_says_sample_py_cannot_decode(tmp_path):
+    texts = [(FIXTURES / "shakespeare_char" / "input_head.txt").read_text()]
+    tokenizer = trained_bpe(texts, 500)  # not GPT-2's vocabulary, though GPT-2's kind of tokenizer
+    save_model_folder(tiny_model(vocab_size=512), tmp_path / "src", tokenizer)
+    logs = []
+    export_nanogpt(tmp_path / "src", tmp_path / "out", log=logs.append)
+    assert only(tmp_path / "out") == ["ckpt.pt", "tokenizer"]  # no meta.pkl: not char level
+    assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["model_args"]["vocab_size"] == 512
+    text = "ROMEO: What, art thou mad?\n"
+    saved = AutoTokenizer.from_pretrained(tmp_path / "out" / "tokenizer")
+    assert saved(text).input_ids == tokenizer(text).input_ids and saved.decode(saved(text).input_ids) == text
+    warning = next(line for line in logs if "sample.py cannot decode this model's tokens" in line)
+    assert "would decode these ids as GPT-2's" in warning and "AutoTokenizer.from_pretrained(" in warning
+    assert f"hf-nanogpt generate {tmp_path / 'src'}" in warning
 
 
 def test_export_refuses_other_models_and_existing_output(converted, tmp_path):

@@ -10,6 +10,7 @@ Opt-in tests (skipped otherwise):
 
 import ast
 import copy
+import json
 import os
 import re
 import subprocess
@@ -20,8 +21,9 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from helpers import FIXTURES, NANOGPT_FIXTURES, tiny_model
+from helpers import FIXTURES, NANOGPT_FIXTURES, tiny_model, trained_bpe
 from hf_nanogpt import NanoGPTForCausalLM, cli
 from hf_nanogpt.conversion.common import ConversionError, probe_batch
 from hf_nanogpt.conversion.gguf import TENSOR_MAP, export_gguf, llama_cpp_perplexity
@@ -45,6 +47,17 @@ LAYER_TENSORS = [
     "ffn_down.bias",
 ]
 CHARS = "\n !',.:;?\\ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyzé"  # a backslash and a 2-byte character
+# text a byte-level BPE must split as GPT-2's regex does: accents, Devanagari (combining marks), emoji (4 bytes,
+# a skin tone, a ZWJ sequence), digits, code, runs of spaces, tabs and newlines, a CR LF
+MIXED = (
+    "Señor, ¿qué tal? Él comió piña y jalapeño.\n"
+    "नमस्ते दुनिया! मैं ठीक हूँ।\n"
+    "Emoji: 🙂👍🏽🚀 and 👨‍👩‍👧 family\n"
+    "Digits: 12345 67.89 2024-06-01 1000000\n"
+    "def f(x):\n    return x**2  # two spaces\n\n\n"
+    "   leading spaces,\ttab,  double  spaces   \r\n \n  end"
+)
+MULTILINGUAL = "El señor comió piña. ¿Qué tal? नमस्ते दुनिया, मैं ठीक हूँ। 🙂👍 def main():\n    return 0\n"
 
 
 def read(path) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
@@ -112,6 +125,22 @@ def small_folder(tmp_path_factory):
 def bpe_f32(bpe_folder, tmp_path_factory):
     """bpe_folder exported in float32, read back."""
     return read(export_gguf(bpe_folder, tmp_path_factory.mktemp("gguf") / "bpe.gguf", log=lambda *a: None))
+
+
+def bpe_tokenizer_500():
+    """A byte-level BPE of 500 tokens trained as `prepare --tokenizer bpe:500` trains one (<|endoftext|> = 0), on
+    Shakespeare and some multilingual text, so that it has merges of multi-byte characters too."""
+    shakespeare = (FIXTURES / "shakespeare_char" / "input_head.txt").read_text()
+    return trained_bpe([shakespeare, MULTILINGUAL * 20], 500)
+
+
+@pytest.fixture(scope="module")
+def trained_bpe_folder(tmp_path_factory):
+    """A trained 500-token BPE in a model of 512 rows (12 padding rows), tanh GELU."""
+    folder = tmp_path_factory.mktemp("gguf") / "trained-bpe"
+    model = tiny_model(vocab_size=512, block_size=64, activation_function="gelu_new")
+    save_model_folder(model, folder, bpe_tokenizer_500())
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +230,40 @@ def test_metadata_and_gpt2_bpe_vocabulary(bpe_f32):
     lines = (GPT2_BPE_DIR / "vocab.bpe").read_text(encoding="utf-8").splitlines()
     assert meta["tokenizer.ggml.merges"] == [line for line in lines if line and not line.startswith("#version")]
     assert meta["tokenizer.ggml.bos_token_id"] == meta["tokenizer.ggml.eos_token_id"] == 50256
+    assert meta["tokenizer.ggml.eot_token_id"] == 50256  # written, not left to llama.cpp's search by token text
+
+
+def test_trained_bpe_vocabulary(trained_bpe_folder, tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    logs = []
+    meta = read(export_gguf(trained_bpe_folder, tmp_path / "m.gguf", log=logs.append))[0]
+    described = "trained byte-level BPE with GPT-2's pre-tokenizer (500 tokens, 243 merges, end of text 0, 12 padding"
+    assert described in logs[0]
+    assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.pre"]) == ("gpt2", "gpt-2")
+    tokenizer = AutoTokenizer.from_pretrained(trained_bpe_folder)
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    assert len(tokens) == len(types) == 512  # a token for every embedding row
+    assert tokens[:500] == tokenizer.convert_ids_to_tokens(list(range(500)))
+    assert tokens[500:] == [f"[PAD{i}]" for i in range(500, 512)] and set(types[500:]) == {gguf.TokenType.UNUSED}
+    assert tokens[0] == "<|endoftext|>" and types[0] == gguf.TokenType.CONTROL
+    assert set(types[1:500]) == {gguf.TokenType.NORMAL}
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    assert meta["tokenizer.ggml.merges"] == [" ".join(pair) for pair in merges] and len(merges) == 243
+    # bos, eos, the end of text and pad are <|endoftext|>: id 0 here, not GPT-2's 50256
+    for name in ("bos", "eos", "eot", "padding"):
+        assert meta[f"tokenizer.ggml.{name}_token_id"] == 0, name
+
+    # a tokenizer rebuilt from the GGUF alone (tokens, merges, the "gpt-2" pre-tokenizer) gives our ids
+    vocab = {token: i for i, (token, kind) in enumerate(zip(tokens, types)) if kind != gguf.TokenType.UNUSED}
+    rebuilt = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in meta["tokenizer.ggml.merges"]]))
+    rebuilt.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    rebuilt.decoder = decoders.ByteLevel()
+    ids = tokenizer(MIXED, add_special_tokens=False).input_ids
+    assert rebuilt.encode(MIXED).ids == ids and rebuilt.decode(ids) == MIXED
+    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
+    pieces = [bytes(to_byte[c] for c in token) for token in tokenizer.convert_ids_to_tokens(ids)]
+    assert sum(len(piece) > 1 and min(piece) >= 0x80 for piece in pieces) >= 5  # merges of multi-byte characters
 
 
 def test_char_vocabulary_as_rwkv_tokens(char_folder, tmp_path):
@@ -222,7 +285,7 @@ def test_other_tokenizers_and_none_are_refused(tmp_path):
     save_model_folder(tiny_model(vocab_size=8), tmp_path / "words", PreTrainedTokenizerFast(tokenizer_object=backend))
     with pytest.raises(
         ConversionError,
-        match=r"neither GPT-2 byte-level BPE nor char level; export gguf embeds GPT-2 byte-level BPE or a char-level",
+        match=r"neither a byte-level BPE with GPT-2's pre-tokenizer nor char level; export gguf embeds a byte-level",
     ):
         export_gguf(tmp_path / "words", tmp_path / "m.gguf")
     save_model_folder(tiny_model(vocab_size=8), tmp_path / "none")
@@ -321,8 +384,8 @@ def llama_bin():
     return binaries
 
 
-def run_llama(binary: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(binary), *args], capture_output=True, timeout=300)
+def run_llama(binary: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(binary), *args], input=stdin, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
     return result
 
@@ -349,8 +412,17 @@ def trained_like_char(folder: Path) -> Path:
     return save_model_folder(model, folder, char_tokenizer(CHARS))
 
 
+def trained_like_trained_bpe(folder: Path) -> Path:
+    """bpe_tokenizer_500 (<|endoftext|> = 0), tanh GELU, weights drawn wide. 500 rows, no padding: llama.cpp samples
+    padding rows (UNUSED tokens) where our generation config suppresses them, and in random weights, unlike trained
+    ones, their logits compete (the padded 512-row export is test_llama_cpp_tokenizes_mixed_text_as_we_do's)."""
+    model = tiny_model(vocab_size=500, block_size=64, n_embd=64, activation_function="gelu_new", initializer_range=0.3)
+    return save_model_folder(model, folder, bpe_tokenizer_500())
+
+
 MODELS = {  # name -> (make the folder, prompt)
     "random-gelu_new-bpe": (trained_like_bpe, "Hello, I'm a language model,"),
+    "random-gelu_new-trained-bpe": (trained_like_trained_bpe, "ROMEO: Señor, ¿qué tal?"),
     "random-gelu_new-char": (trained_like_char, "Hi \\ café.\n"),
     "B_bpe_bias": (lambda folder: nanogpt_fixture("B_bpe_bias", folder), "ROMEO:"),  # trained; exact GELU
     "A_char_nobias": (lambda folder: nanogpt_fixture("A_char_nobias", folder), "ROMEO:\nWhat's this?"),  # char level
@@ -382,6 +454,24 @@ def test_llama_cpp_greedy_and_tokens_match_ours(llama_bin, tmp_path, name, outty
     theirs = run_llama(llama_bin / "llama-simple", "-m", str(out), "-n", str(n), prompt).stdout
     # llama-simple prints the prompt's and each new token's bytes, then a newline
     assert theirs.decode("utf-8", errors="replace") == ours + "\n"
+
+
+@pytest.mark.parametrize("folder", ["trained_bpe_folder", "bpe_folder"])
+def test_llama_cpp_tokenizes_mixed_text_as_we_do(llama_bin, tmp_path, folder, request):
+    folder = request.getfixturevalue(folder)
+    out = export_gguf(folder, tmp_path / "m.gguf", log=lambda *a: None)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    for text in (MIXED, MULTILINGUAL, " \n\n  x  \n", "   "):
+        # the text on stdin, unescaped and untrimmed (-p and -f process escapes; -f drops a final newline)
+        args = ("-m", str(out), "--stdin", "--no-escape", "--ids", "--log-disable")
+        listed = run_llama(llama_bin / "llama-tokenize", *args, stdin=text.encode()).stdout
+        ours = tokenizer(text, add_special_tokens=False).input_ids
+        assert ast.literal_eval(listed.decode().strip().splitlines()[-1]) == ours, text
+    # llama.cpp's own reading of the special ids (its load log): <|endoftext|> at 0 here, at 50256 in GPT-2's
+    loaded = run_llama(llama_bin / "llama-simple", "-m", str(out), "-n", "1", "Hi").stderr.decode()
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    for name in ("BOS", "EOS", "EOT", "EOG"):
+        assert re.search(rf"{name} token\s*=\s*{eot} '<\|endoftext\|>'", loaded), name
 
 
 def test_llama_cpp_perplexity_matches_ours(llama_bin, tmp_path):

@@ -4,14 +4,17 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from helpers import NANOGPT_FIXTURES
+from helpers import FIXTURES, NANOGPT_FIXTURES, trained_bpe
 from hf_nanogpt.tokenization import (
     CHAR_UNKNOWN,
     GPT2_BPE_DIR,
     GPT2_EOS,
     char_tokenizer,
+    eot_id,
     gpt2_tokenizer,
+    is_gpt2_vocab,
     token_byte_lengths,
+    token_bytes,
 )
 
 MIXED_TEXT = "Café naïve — नमस्ते दुनिया 😀🎉 ROMEO:\n  spaced  out"  # 1-, 2-, 3- and 4-byte characters
@@ -126,3 +129,18 @@ def test_char_level_token_byte_lengths():
     assert lengths[tok(MIXED_TEXT).input_ids].sum().item() == len(MIXED_TEXT.encode("utf-8"))
     assert lengths[tok.convert_tokens_to_ids("😀")] == 4 and lengths[tok.convert_tokens_to_ids("a")] == 1
     assert lengths[len(tok) :].sum() == 0
+
+
+def test_what_exports_ask_of_a_tokenizer(gpt2_tok, tmp_path):
+    gpt2_tok.save_pretrained(tmp_path / "gpt2")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "gpt2")  # another class, the same vocabulary
+    trained = trained_bpe([(FIXTURES / "shakespeare_char" / "input_head.txt").read_text()], 300)
+    char = char_tokenizer("aé\n")
+    assert [is_gpt2_vocab(t) for t in (gpt2_tok, reloaded, trained, char, None)] == [True, True, False, False, False]
+    assert [eot_id(t) for t in (gpt2_tok, trained, char)] == [50256, 0, None]
+    assert token_bytes(char) == [b"\n", b"a", "é".encode()]
+    table = token_bytes(trained)
+    assert len(table) == 300 and table[0] == b"<|endoftext|>" and set(table[1:257]) == {bytes([b]) for b in range(256)}
+    ids = trained("ROMEO: ¿qué?\n").input_ids
+    assert b"".join(table[i] for i in ids) == "ROMEO: ¿qué?\n".encode()
+    assert token_bytes(reloaded)[50256] == b"<|endoftext|>" and token_bytes(reloaded)[220] == b" "

@@ -11,8 +11,10 @@ writer (the `gguf` package):
   Conv1D is what convert_hf_to_gguf.py has to transpose). Names follow TENSOR_MAP.
 - llama.cpp requires every GPT-2 bias: bias=False models get zero biases (the same function).
 - The lm_head is tied to wte, so `output` is left out and llama.cpp reuses token_embd, as for GPT-2.
-- Tokenizer, embedded: GPT-2 byte-level BPE as convert_hf_to_gguf.py's `_set_vocab_gpt2` writes it (tokens,
-  merges, special ids, pre-tokenizer "gpt-2"); char-level vocabularies as llama.cpp's "rwkv" vocabulary
+- Tokenizer, embedded: a byte-level BPE with GPT-2's pre-tokenizer, GPT-2's own or one trained on other
+  text (`prepare --tokenizer bpe:VOCAB`, <|endoftext|> at id 0), as convert_hf_to_gguf.py's `_set_vocab_gpt2`
+  writes it (tokens, merges, special ids, pre-tokenizer "gpt-2"), plus the end-of-text id (eot), which
+  llama.cpp would otherwise find by the token's text; char-level vocabularies as llama.cpp's "rwkv" vocabulary
   type (a longest-match over byte strings, which for one-character tokens is exactly our char tokenizer,
   with no merges and no special tokens that a BPE vocabulary would add). A padded vocabulary (50304 rows
   for GPT-2's 50257 tokens) gets "[PAD{i}]" tokens of type UNUSED, so there is a token for every row.
@@ -39,7 +41,7 @@ from hf_nanogpt.conversion.common import (
     use_tanh_gelu,
 )
 from hf_nanogpt.conversion.gpt2 import resolve_source
-from hf_nanogpt.tokenization import char_vocab
+from hf_nanogpt.tokenization import char_vocab, eot_id, is_gpt2_vocab
 
 ARCH = "gpt2"  # llama.cpp's LLM_ARCH_GPT2
 # our module -> llama.cpp's tensor (gguf-py's TENSOR_NAMES for MODEL_ARCH.GPT2); ".weight" and ".bias" follow
@@ -62,7 +64,10 @@ OUTTYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("B
 # biases), and the position embedding
 FLOAT32_ALWAYS = {"position_embd.weight"}
 CHAR_PAD = "\\x00[PAD{i}]"  # an rwkv token starting with a NUL byte: no text can ever match it
-SUPPORTED_TOKENIZERS = "GPT-2 byte-level BPE or a char-level vocabulary (as from nanoGPT's meta.pkl)"
+SUPPORTED_TOKENIZERS = (
+    "a byte-level BPE with GPT-2's pre-tokenizer (GPT-2's own or a trained one) or a char-level vocabulary "
+    "(as from nanoGPT's meta.pkl)"
+)
 
 
 def import_gguf():
@@ -178,8 +183,8 @@ def add_vocab(writer, tokenizer, folder: Path, vocab_size: int, gguf) -> str:
         return f"char level as llama.cpp's rwkv vocabulary ({len(stoi)} characters, {n_pad} padding rows)"
     if not is_gpt2_bpe(tokenizer):
         raise ConversionError(
-            f"{folder}: tokenizer {type(tokenizer).__name__} is neither GPT-2 byte-level BPE nor char level; "
-            f"export gguf embeds {SUPPORTED_TOKENIZERS}."
+            f"{folder}: tokenizer {type(tokenizer).__name__} is neither a byte-level BPE with GPT-2's pre-tokenizer "
+            f"nor char level; export gguf embeds {SUPPORTED_TOKENIZERS}."
         )
     added = {i: token.special for i, token in tokenizer.added_tokens_decoder.items()}
     tokens, types = token_list(by_id, vocab_size, "[PAD{i}]", gguf.TokenType, added)
@@ -193,7 +198,11 @@ def add_vocab(writer, tokenizer, folder: Path, vocab_size: int, gguf) -> str:
             f"{folder}: no BPE merges found in the tokenizer files; llama.cpp cannot tokenize without them."
         )
     special_vocab.add_to_gguf(writer, quiet=True)
-    return f"GPT-2 BPE ({len(by_id)} tokens, {len(special_vocab.merges)} merges, {n_pad} padding rows)"
+    eot = eot_id(tokenizer)
+    if eot is not None and "eot" not in special_vocab.special_token_ids:
+        writer.add_eot_token_id(eot)
+    kind = "GPT-2 BPE" if is_gpt2_vocab(tokenizer) else "trained byte-level BPE with GPT-2's pre-tokenizer"
+    return f"{kind} ({len(by_id)} tokens, {len(special_vocab.merges)} merges, end of text {eot}, {n_pad} padding rows)"
 
 
 # ---------------------------------------------------------------------------------------------------

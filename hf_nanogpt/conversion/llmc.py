@@ -13,11 +13,19 @@ conversion is bookkeeping: offsets, no transposes. What llm.c fixes, and how it 
 - V, the real vocabulary (50257 for GPT-2), and Vp, the rows stored (a multiple of 128: 50304). All Vp
   rows are kept (vocab_size = Vp, as nanoGPT keeps 50304); ids >= V are never generated.
 
+The tokenizer travels beside the model as llm.c's tokenizer file (train_gpt2.py write_tokenizer,
+llmc/tokenizer.h): a header (magic 20240328, version 2, V, the end-of-text id), then each token's bytes
+after a one-byte length. export llmc writes it as OUT's stem + "_tokenizer.bin" (gpt2_124M.bin ->
+gpt2_124M_tokenizer.bin); llm.c's train_gpt2.c / .cu open gpt2_tokenizer.bin in the folder they run in,
+and print token ids instead of text without one. A tokenizer with no <|endoftext|> (char level) or a token
+that is not 1 to 255 bytes gets no file, with a note; convert llmc checks the tokenizer it is given
+against such a file beside its input.
+
 bfloat16 files are read into float32 (exact: every bfloat16 is a float32), so the folder loads and
 computes as any other; exporting it again as bfloat16 gives the same bytes.
 
     convert_llmc("gpt2_124M.bin", "gpt2-llmc")                                # -> model folder
-    export_llmc("gpt2-llmc", "gpt2_124M.bin")                                 # -> version 3 (float32)
+    export_llmc("gpt2-llmc", "gpt2_124M.bin")                 # -> version 3 (float32), gpt2_124M_tokenizer.bin
     export_llmc("gpt2-llmc", "gpt2_124M_bf16.bin", dtype="bfloat16")          # -> version 5
 
 Tensors are read and written one at a time (np.fromfile at their offsets), so memory stays near one
@@ -52,9 +60,12 @@ from hf_nanogpt.conversion.nanogpt import model_from_state_dict, reload_logits
 from hf_nanogpt.data import shards
 from hf_nanogpt.model_card import field_table, model_shape, render_model_card
 from hf_nanogpt.saving import atomic_output_dir, write_model_folder
-from hf_nanogpt.tokenization import gpt2_tokenizer, load_tokenizer
+from hf_nanogpt.tokenization import eot_id, gpt2_tokenizer, load_tokenizer, token_bytes
 
 MAGIC = 20240326  # llm.c model files (train_gpt2.py write_model, gpt2_build_from_checkpoint)
+TOKENIZER_MAGIC = 20240328  # llm.c tokenizer files (train_gpt2.py write_tokenizer, tokenizer.h tokenizer_init)
+TOKENIZER_VERSION = 2  # header: magic, version, V, end-of-text id (version 1 had no id: GPT-2's 50256)
+LLMC_TOKENIZER_NAME = "gpt2_tokenizer.bin"  # what train_gpt2.c / train_gpt2.cu open, in their working folder
 HEADER_FIELDS = (
     "magic",
     "version",
@@ -204,6 +215,74 @@ def write_tensor(f, tensor: torch.Tensor, dtype: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# the tokenizer file
+
+
+def tokenizer_file_for(model_file: Path) -> Path:
+    """The tokenizer file beside an llm.c model file: gpt2_124M.bin -> gpt2_124M_tokenizer.bin."""
+    return model_file.with_name(f"{model_file.stem}_tokenizer.bin")
+
+
+def llmc_token_table(tokenizer) -> tuple[list[bytes], int]:
+    """(each token's bytes, the end-of-text id): what llm.c's tokenizer file holds of `tokenizer`; a
+    ConversionError saying why when it cannot hold this one."""
+    if tokenizer is None:
+        raise ConversionError("the model folder has no tokenizer")
+    eot = eot_id(tokenizer)
+    if eot is None:
+        raise ConversionError(
+            "the tokenizer has no <|endoftext|>, whose id the file must give (llm.c starts each sample from it)"
+        )
+    try:
+        table = token_bytes(tokenizer)
+    except ValueError as err:
+        raise ConversionError(f"the tokenizer has no bytes for its tokens: {err}") from None
+    bad = next((i for i, token in enumerate(table) if not 1 <= len(token) <= 255), None)
+    if bad is not None:
+        raise ConversionError(
+            f"token {bad} is {len(table[bad])} bytes long; llm.c's file holds tokens of 1 to 255 bytes"
+        )
+    return table, eot
+
+
+def write_llmc_tokenizer(path: Path, tokens: list[bytes], eot: int) -> None:
+    """llm.c's tokenizer file, as train_gpt2.py's write_tokenizer writes it: the header (magic, version 2, V,
+    eot), then each token as a uint8 length and its bytes."""
+    with open(path, "wb") as f:
+        f.write(shards.header_bytes(TOKENIZER_MAGIC, TOKENIZER_VERSION, len(tokens), eot))
+        for token in tokens:
+            f.write(bytes([len(token)]) + token)
+
+
+def read_llmc_tokenizer(path: str | os.PathLike) -> tuple[list[bytes], int]:
+    """An llm.c tokenizer file (version 1 or 2, as tokenizer.h's tokenizer_init reads them) -> (each token's
+    bytes, the end-of-text id); checked further than llm.c does, to the last byte."""
+    path = Path(path)
+    redo = "Write it again (llm.c's train_gpt2.py, or `hf-nanogpt export llmc`)."
+    ints, _ = shards.read_header(path, [TOKENIZER_MAGIC], "an llm.c tokenizer file", redo, ConversionError)
+    version, n = ints[1], ints[2]
+    if version not in (1, 2) or (version == 1 and n != GPT2_VOCAB):
+        raise ConversionError(
+            f"{path}: version {version} with {n} tokens, expected version 2, or version 1 with GPT-2's {GPT2_VOCAB} "
+            f"(what tokenizer.h reads). {redo}"
+        )
+    eot = ints[3] if version == 2 else GPT2_VOCAB - 1
+    if not 0 <= eot < n:
+        raise ConversionError(f"{path}: end-of-text id {eot} is not one of its {n} tokens. {redo}")
+    data, tokens, at = path.read_bytes()[shards.HEADER_BYTES :], [], 0
+    while len(tokens) < n and at < len(data) and data[at] and at + 1 + data[at] <= len(data):
+        tokens.append(data[at + 1 : at + 1 + data[at]])
+        at += 1 + data[at]
+    if len(tokens) < n or at != len(data):
+        rest = f" and {len(data) - at:,} bytes after them" if at != len(data) else ""
+        raise ConversionError(
+            f"{path}: its header says {n} tokens of 1 to 255 bytes each after a length byte; found "
+            f"{len(tokens)} whole tokens{rest}: truncated or corrupt. {redo}"
+        )
+    return tokens, eot
+
+
+# ---------------------------------------------------------------------------------------------------
 # llm.c's forward pass, the reference both directions are checked against
 
 
@@ -240,7 +319,8 @@ def llmc_logits(params: dict[str, torch.Tensor], header: dict, ids: torch.Tensor
 
 
 def llmc_tokenizer(path: Path, V: int, spec: str | None):
-    """--tokenizer (as `convert nanogpt` takes it), else GPT-2 BPE when V is GPT-2's 50257; it must have V tokens."""
+    """--tokenizer (as `convert nanogpt` takes it), else GPT-2 BPE when V is GPT-2's 50257; it must have V tokens,
+    and the tokens of the tokenizer file beside `path`, where there is one."""
     if spec is not None:
         tokenizer, desc = load_tokenizer(spec), str(spec)
     elif V == GPT2_VOCAB:
@@ -256,6 +336,19 @@ def llmc_tokenizer(path: Path, V: int, spec: str | None):
             f"{path}: the header says V = {V} tokens, but the tokenizer ({desc}) has {len(tokenizer)}: pass the "
             f"tokenizer the model was trained with (--tokenizer)."
         )
+    tok_file = tokenizer_file_for(path)
+    if tok_file.is_file():  # written by export llmc: the tokens' bytes, no merges, so a check and not a tokenizer
+        tokens, eot = read_llmc_tokenizer(tok_file)
+        try:
+            ours = llmc_token_table(tokenizer)
+        except ConversionError:
+            ours = None
+        if ours != (tokens, eot):
+            raise ConversionError(
+                f"{path}: the tokenizer ({desc}) is not the one in {tok_file} beside it ({len(tokens)} tokens, end of "
+                f"text {eot}): pass the tokenizer the model was trained with (--tokenizer)."
+            )
+        desc += f", checked against {tok_file.name}"
     return tokenizer, desc
 
 
@@ -374,15 +467,21 @@ def export_llmc(
     log=print,
 ) -> Path:
     """A hf_nanogpt model folder (or Hub id) -> an llm.c model file (version 3 for float32, 5 for
-    bfloat16) that llm.c's train_gpt2.c / train_gpt2.cu load. The written file is read back and llm.c's
-    forward on it checked against the source (logits within 1e-5, after llm.c's fixed choices, each
-    reported). Written beside `out_bin` and renamed at the end."""
+    bfloat16) that llm.c's train_gpt2.c / train_gpt2.cu load, and beside it the tokenizer file
+    (`tokenizer_file_for(out_bin)`) when llm.c's format can hold the tokenizer (else a note says why not).
+    The written file is read back and llm.c's forward on it checked against the source (logits within 1e-5,
+    after llm.c's fixed choices, each reported). Each file is written beside its name and renamed at the end."""
     version = {name: v for v, name in VERSIONS.items()}.get(dtype)
     if version is None:
         raise ValueError(f"dtype {dtype!r}: llm.c model files are float32 (version 3) or bfloat16 (version 5).")
     out_bin = require_writable_file(out_bin, overwrite, model_id, example="gpt2_124M.bin")
+    tok_file = require_writable_file(tokenizer_file_for(out_bin), overwrite, model_id, example="gpt2_tokenizer.bin")
     model, tokenizer = load_for_export(model_id, trust_remote_code)
     config = model.config
+    try:
+        table, eot = llmc_token_table(tokenizer)
+    except ConversionError as err:
+        table, eot, no_table = None, None, err
     V = len(tokenizer) if tokenizer is not None else config.vocab_size
     if V > config.vocab_size:
         raise ConversionError(
@@ -411,7 +510,35 @@ def export_llmc(
         f"wrote {out_bin}: llm.c version {version} ({dtype}), V {V} padded to Vp {header['Vp']}, "
         f"{header['L']} layers, {header['NH']} heads, {header['C']} dims, maxT {header['maxT']}"
     )
+    if table is not None:
+        with atomic_output_file(tok_file) as tmp:
+            write_llmc_tokenizer(tmp, table, eot)
+        log(
+            f"wrote {tok_file}: llm.c tokenizer file (version {TOKENIZER_VERSION}, {len(table)} tokens, end of text "
+            f"{eot}); llm.c's train_gpt2.c and train_gpt2.cu open {LLMC_TOKENIZER_NAME} in the folder they run in: "
+            f"copy it there under that name for its samples to print as text"
+        )
+    else:
+        tok_file.unlink(missing_ok=True)  # (--overwrite) not an earlier model's tokenizer beside this one
+        log(
+            f"note: no llm.c tokenizer file written: {no_table}. Without {LLMC_TOKENIZER_NAME} in its working "
+            f"folder llm.c prints the token ids of its samples instead of text (remove a {LLMC_TOKENIZER_NAME} left "
+            f"there: it would decode these ids as another vocabulary's); decode them with this model's tokenizer "
+            f"(AutoTokenizer.from_pretrained on the model folder)."
+        )
     return out_bin
 
 
-__all__ = ["PARAMETERS", "convert_llmc", "export_llmc", "llmc_logits", "read_header", "read_llmc", "write_llmc"]
+__all__ = [
+    "PARAMETERS",
+    "convert_llmc",
+    "export_llmc",
+    "llmc_logits",
+    "llmc_token_table",
+    "read_header",
+    "read_llmc",
+    "read_llmc_tokenizer",
+    "tokenizer_file_for",
+    "write_llmc",
+    "write_llmc_tokenizer",
+]

@@ -34,6 +34,7 @@ from hf_nanogpt.tokenization import (
     char_tokenizer,
     char_vocab,
     gpt2_tokenizer,
+    is_gpt2_vocab,
     load_tokenizer,
     read_meta_pkl,
     write_meta_pkl,
@@ -45,6 +46,7 @@ MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size",
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 METADATA_FILE = "nanogpt.json"  # iter_num, best_val_loss and the training config of the source checkpoint
 TRAINING_CONFIG_FILE = "training_config.json"  # what `hf-nanogpt train` writes into its model folder
+TOKENIZER_DIR = "tokenizer"  # export nanogpt's copy of a tokenizer sample.py does not know (a trained BPE)
 
 CheckpointError = ConversionError  # the name nanoGPT users will look for
 
@@ -346,7 +348,13 @@ def export_nanogpt(
     """A hf_nanogpt model folder (or Hub id) -> OUT_DIR/ckpt.pt in nanoGPT's format, plus meta.pkl for a
     char-level tokenizer, so that nanoGPT's sample.py and train.py (init_from='resume') run on it. A model
     trained with `--optimizer=muon` (its training_config.json says so) gets no optimizer entry: nanoGPT's
-    train.py has AdamW only, so sample.py runs on it and train.py's resume does not."""
+    train.py has AdamW only, so sample.py runs on it and train.py's resume does not.
+
+    sample.py decodes with GPT-2's BPE (tiktoken) or a char-level meta.pkl only. A model with any other
+    tokenizer (a BPE trained by `prepare --tokenizer bpe:VOCAB`) still gets its ckpt.pt, and its tokenizer
+    in OUT_DIR/tokenizer/ (save_pretrained): sample.py would decode its ids as GPT-2's, wrong text, so
+    decode them with AutoTokenizer.from_pretrained(OUT_DIR/tokenizer), or use `hf-nanogpt generate` on the
+    model folder."""
     out_dir = require_writable_output(out_dir, overwrite, source=model_id)
     model, tokenizer = load_for_export(model_id, trust_remote_code)
     config = model.config
@@ -392,10 +400,13 @@ def export_nanogpt(
         "config": train_config,
     }
     stoi = char_vocab(tokenizer) if tokenizer is not None else None
+    own_tokenizer = tokenizer is not None and stoi is None and not is_gpt2_vocab(tokenizer)  # sample.py knows neither
     with atomic_output_dir(out_dir, overwrite=True) as tmp:  # OUT was checked above, before any work
         torch.save(ckpt, tmp / "ckpt.pt")
         if stoi is not None:
             write_meta_pkl(tmp / "meta.pkl", stoi)
+        elif own_tokenizer:
+            tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
     log(f"wrote {Path(out_dir) / 'ckpt.pt'} (iter_num {ckpt['iter_num']}, dataset {train_config['dataset']!r})")
     if "optimizer" not in ckpt:
         log(
@@ -409,8 +420,17 @@ def export_nanogpt(
             f"wrote {Path(out_dir) / 'meta.pkl'}: for nanoGPT's sample.py, copy it to "
             f"data/{train_config['dataset']}/meta.pkl in your nanoGPT checkout."
         )
-    elif tokenizer is None or len(tokenizer) != 50257:
-        log("warning: the tokenizer is neither char level nor GPT-2 BPE; nanoGPT's sample.py assumes GPT-2 BPE.")
+    elif own_tokenizer:
+        tokenizer_dir = Path(out_dir) / TOKENIZER_DIR
+        log(f"wrote {tokenizer_dir}: the model's tokenizer ({len(tokenizer)} tokens; not GPT-2's BPE, not char level)")
+        log(
+            f"warning: nanoGPT's sample.py cannot decode this model's tokens: it knows only GPT-2's BPE (tiktoken) "
+            f"and a char-level meta.pkl, and would decode these ids as GPT-2's, giving wrong text. Decode them with "
+            f"AutoTokenizer.from_pretrained({str(tokenizer_dir)!r}), or sample with `hf-nanogpt generate {model_id} "
+            f"--prompt ...` on the model folder."
+        )
+    elif tokenizer is None:
+        log("warning: the model has no tokenizer; nanoGPT's sample.py will decode its ids as GPT-2 BPE.")
     return Path(out_dir)
 
 

@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..tokenization import CHAR_UNKNOWN, GPT2_BPE_DIR, GPT2_EOS, char_vocab, gpt2_tokenizer
+from ..tokenization import (
+    CHAR_UNKNOWN,
+    GPT2_EOS,
+    byte_decoder,
+    char_vocab,
+    eot_id,
+    gpt2_tokenizer,
+    gpt2_vocab,
+)
 
 # text encoded in one call: tokenizers is fastest on pieces of 10-20k characters (BENCHMARKS.md)
 SEGMENT_CHARS = 1 << 14
@@ -135,10 +143,8 @@ def tiktoken_gpt2():
     tiktoken.get_encoding("gpt2"), which downloads the same two files)."""
     import tiktoken
     from tiktoken_ext.openai_public import r50k_pat_str
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
-    vocab = json.loads((GPT2_BPE_DIR / "encoder.json").read_text(encoding="utf-8"))
+    to_byte, vocab = byte_decoder(), gpt2_vocab()
     ranks = {
         bytes(to_byte[c] for c in token): rank for token, rank in vocab.items() if token != GPT2_EOS
     }  # ids are merge ranks
@@ -173,7 +179,7 @@ class Encoder:
 
     def __init__(self, tokenizer, spec, dtype: np.dtype, count_gpt2: bool = False):
         self.json = tokenizer.backend_tokenizer.to_str()
-        self.eot = tokenizer.convert_tokens_to_ids(GPT2_EOS) if GPT2_EOS in tokenizer.get_vocab() else None
+        self.eot = eot_id(tokenizer)
         self.dtype = dtype
         self.name = "tiktoken" if str(spec) == "gpt2" and tiktoken_installed() else "tokenizers"
         self.backend = None
