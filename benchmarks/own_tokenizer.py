@@ -172,28 +172,39 @@ def speed(work: Path, megabytes: float, vocab: int, num_proc: int) -> dict:
 
 
 def report(rows: list[dict], speed_row: dict | None, command: str) -> str:
-    best = min(rows, key=lambda r: r["val_bpb"])
+    best = min(rows, key=lambda r: r["val_bpb"], default=None)
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} with `{command}`; "
         + "; ".join(f"{k}: {v}" for k, v in machine().items())
-        + ".",
-        "",
-        markdown_table(
-            ["tokenizer", "vocab", "val tokens/byte", "val loss/token", "val bits/byte", "train wall s", "prepare s"],
-            [
-                [
-                    r["tokenizer"],
-                    r["vocab"],
-                    f"{r['tokens_per_byte']:.3f}",
-                    f"{r['val_loss']:.4f}",
-                    f"**{r['val_bpb']:.4f}**" if r is best else f"{r['val_bpb']:.4f}",
-                    f"{r['seconds']:.1f}",
-                    f"{r['prepare_s']:.1f}",
-                ]
-                for r in rows
-            ],
-        ),
+        + "."
     ]
+    if rows:
+        lines += [
+            "",
+            markdown_table(
+                [
+                    "tokenizer",
+                    "vocab",
+                    "val tokens/byte",
+                    "val loss/token",
+                    "val bits/byte",
+                    "train wall s",
+                    "prepare s",
+                ],
+                [
+                    [
+                        r["tokenizer"],
+                        r["vocab"],
+                        f"{r['tokens_per_byte']:.3f}",
+                        f"{r['val_loss']:.4f}",
+                        f"**{r['val_bpb']:.4f}**" if r is best else f"{r['val_bpb']:.4f}",
+                        f"{r['seconds']:.1f}",
+                        f"{r['prepare_s']:.1f}",
+                    ]
+                    for r in rows
+                ],
+            ),
+        ]
     if speed_row is not None:
         per_100 = speed_row["train_tokenizer_s"] * 100 / speed_row["megabytes"]
         lines += [
@@ -227,13 +238,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--speed-mb", type=float, default=100, help="corpus size for the speed run; 0 skips it")
     p.add_argument("--speed-vocab", type=int, default=8192)
     p.add_argument("--num-proc", type=int, default=os.cpu_count())
+    p.add_argument("--speed-only", action="store_true", help="the speed run alone, no training runs")
     p.add_argument("--tiny", action="store_true", help="a tiny model and few steps: checks the code, measures nothing")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        corpus = args.corpus or spanish_corpus(work)
-        rows = compare(corpus, work, args.vocab, args.iters, args.tiny)
+        rows = (
+            []
+            if args.speed_only
+            else compare(args.corpus or spanish_corpus(work), work, args.vocab, args.iters, args.tiny)
+        )
         speed_row = speed(work, args.speed_mb, args.speed_vocab, args.num_proc) if args.speed_mb > 0 else None
     print(report(rows, speed_row, " ".join([p.prog, *(argv if argv is not None else sys.argv[1:])])))
 
