@@ -1,0 +1,229 @@
+"""An offline conversation set, as `make demo`'s corpus is: questions about the Python standard library answered
+with the first sentence of each function's or class's docstring, from the interpreter running this.
+
+    {"messages": [{"role": "system", "content": SYSTEM},
+                  {"role": "user", "content": "What does json.dumps do?"},
+                  {"role": "assistant", "content": "Serialize obj to a JSON formatted str."}]}
+
+Every name gets one such conversation, with a question phrased one of a few ways (seeded), and names of one
+module are also paired into two-turn conversations ("And json.loads?"). About one name in ten is held out
+(by a hash of its name, so a held-out function is never seen in training, whatever the seed), and
+`held_out_report` measures on those what fine-tuning changed: the loss on the assistant's tokens and how
+often greedy decoding ends its turn. The set depends on the Python release (docstrings change; `os` also on
+the platform), not on the machine's state: only the modules in MODULES are imported, none with side effects
+on import.
+"""
+
+import importlib
+import inspect
+import json
+import os
+import random
+import re
+import zlib
+from collections.abc import Iterable
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from .chat import end_of_turn_id
+from .conversion.common import atomic_output_file
+
+SYSTEM = "You answer questions about Python's standard library in one sentence."
+MODULES = (
+    "base64", "bisect", "calendar", "collections", "colorsys", "copy", "csv", "dataclasses", "datetime", "decimal",
+    "difflib", "enum", "fnmatch", "fractions", "functools", "glob", "gzip", "hashlib", "heapq", "html", "inspect",
+    "io", "ipaddress", "itertools", "json", "keyword", "math", "operator", "os", "os.path", "pathlib", "pprint",
+    "random", "re", "secrets", "shlex", "shutil", "statistics", "string", "struct", "tempfile", "textwrap", "time",
+    "typing", "unicodedata", "urllib.parse", "uuid", "zipfile", "zlib",
+)
+HELD_OUT_PERCENT = 10  # of the names, chosen by a hash of the name
+SPLITS = ("train", "held_out")
+
+QUESTIONS = {  # how a first question is put, for a function and for a class
+    "function": ("What does {} do?", "What is {} for?", "Explain {} in one sentence.",
+                 "In one sentence, what does {} do?"),
+    "class": ("What is {}?", "What is {} for?", "Explain {} in one sentence.", "What does the {} class do?"),
+}
+FOLLOW_UPS = ("And {}?", "What about {}?", "And {}, in one sentence?")
+
+MAX_ANSWER_CHARS = 160  # a longer first sentence is rarely one a small model should learn to say
+ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.")
+RST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")  # :func:`json.dumps` -> json.dumps
+RST_CODE = re.compile(r"`{1,2}([^`]+)`{1,2}")  # ``obj`` -> obj
+
+
+def first_sentence(doc: str | None, short_name: str) -> str | None:
+    """The docstring's first sentence, on one line, with reST markup dropped and leading signature paragraphs
+    (`chain(*iterables) --> chain object`) skipped; None where the docstring is empty or not plain ASCII or has
+    no short first sentence that starts with a capital letter."""
+    if not doc or not doc.isascii():
+        return None
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", inspect.cleandoc(doc)) if p.strip()]
+    while paragraphs and paragraphs[0].startswith(f"{short_name}("):  # signature lines of C functions
+        paragraphs.pop(0)
+    if not paragraphs:
+        return None
+    text = RST_CODE.sub(r"\1", RST_ROLE.sub(r"\1", paragraphs[0]))
+    for match in re.finditer(r"[.!?](?=\s|$)", text):
+        sentence = text[: match.end()]
+        if not sentence.endswith(ABBREVIATIONS):
+            break
+    else:
+        return None
+    if not (sentence[0].isupper() and 12 <= len(sentence) <= MAX_ANSWER_CHARS) or ">>>" in sentence:
+        return None
+    return sentence
+
+
+def docstring_answers(modules: Iterable[str] = MODULES) -> list[tuple[str, str, str]]:
+    """(name, "function" | "class", answer) for each public function and class of `modules` (its __all__, else
+    what it defines) that has a usable first sentence (`first_sentence`), in module order and sorted names.
+    Exceptions are left out: their docstrings rarely say what they are for."""
+    answers = []
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        public = getattr(module, "__all__", None)
+        if public is None:  # what the module defines, in Python or in its C accelerator (bisect's in _bisect)
+            own = {module.__name__, f"_{module.__name__}"}
+            public = [n for n, obj in vars(module).items() if getattr(obj, "__module__", None) in own]
+        for short_name in sorted(n for n in set(public) if not n.startswith("_")):
+            obj = getattr(module, short_name, None)
+            if inspect.isclass(obj) and not issubclass(obj, BaseException):
+                kind = "class"
+            elif inspect.isroutine(obj):
+                kind = "function"
+            else:
+                continue
+            answer = first_sentence(obj.__doc__, short_name)
+            if answer is not None:
+                answers.append((f"{module_name}.{short_name}", kind, answer))
+    return answers
+
+
+def is_held_out(name: str) -> bool:
+    """Whether `name` ("json.dumps") belongs to the held-out split: a hash of the name, the same on any machine
+    and for any seed."""
+    return zlib.crc32(name.encode()) % 100 < HELD_OUT_PERCENT
+
+
+def docstring_conversations(seed: int = 0, split: str = "train", modules: Iterable[str] = MODULES) -> list[dict]:
+    """The conversations of one split ("train" or "held_out"), as {"messages": [...]}: one per name, and one
+    with two turns per pair of names of one module (paired at random), in a seeded random order. The same
+    seed gives the same list; names never cross splits (`is_held_out`)."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {SPLITS}.")
+    rng = random.Random(seed)
+    by_module: dict[str, list[tuple[str, str, str]]] = {}
+    for name, kind, answer in docstring_answers(modules):
+        if is_held_out(name) == (split == "held_out"):
+            by_module.setdefault(name.rsplit(".", 1)[0], []).append((name, kind, answer))
+    conversations = []
+    for entries in by_module.values():
+        for name, kind, answer in entries:
+            question = rng.choice(QUESTIONS[kind]).format(name)
+            conversations.append(conversation([(question, answer)]))
+        paired = rng.sample(entries, len(entries))
+        for (name, kind, answer), (next_name, _, next_answer) in zip(paired[::2], paired[1::2]):
+            question, follow_up = rng.choice(QUESTIONS[kind]).format(name), rng.choice(FOLLOW_UPS).format(next_name)
+            conversations.append(conversation([(question, answer), (follow_up, next_answer)]))
+    rng.shuffle(conversations)
+    return conversations
+
+
+def conversation(turns: list[tuple[str, str]]) -> dict:
+    messages = [{"role": "system", "content": SYSTEM}]
+    for question, answer in turns:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return {"messages": messages}
+
+
+def write_conversations(conversations: Iterable[dict], path: str | os.PathLike) -> int:
+    """`conversations` as JSON Lines (one {"messages": [...]} a line, the `messages` column `hf-nanogpt prepare`
+    reads), written atomically; returns how many."""
+    count = 0
+    with atomic_output_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for item in conversations:
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+@torch.no_grad()
+def held_out_report(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Iterable[dict],
+    max_new_tokens: int = 48,
+    samples: int = 3,
+) -> dict:
+    """What a chat model does on conversations it was not trained on:
+
+    - loss: mean nats per assistant token (its replies and their <|im_end|>, the tokens of
+      `apply_chat_template`'s assistant mask), over all the conversations' assistant tokens;
+    - ends_turn: the fraction of last turns where greedy decoding from the prompt (the conversation up to its
+      last question) writes <|im_end|> within `max_new_tokens`; exact: the fraction that writes the reference;
+    - samples: the first `samples` of (question, reference, reply).
+
+    A conversation longer than the model's context (config.max_position_embeddings) is counted in `skipped`."""
+    was_training = model.training
+    model.eval()
+    context = model.config.max_position_embeddings
+    eot = end_of_turn_id(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
+    nats, tokens, ended, exact, replies, skipped = 0.0, 0, 0, 0, [], 0
+    for item in conversations:
+        messages = item["messages"]
+        if messages[-1]["role"] != "assistant":
+            raise ValueError(f"a conversation ends with a {messages[-1]['role']!r} message: expected the reply.")
+        full = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        prompt = tokenizer.apply_chat_template(
+            messages[:-1], tokenize=True, return_dict=True, add_generation_prompt=True
+        )["input_ids"]
+        if len(full["input_ids"]) > context or len(prompt) >= context:
+            skipped += 1
+            continue
+        ids = torch.tensor([full["input_ids"]], device=model.device)  # (1, T)
+        mask = torch.tensor(full["assistant_masks"][1:], device=model.device, dtype=torch.bool)  # (T-1,) targets
+        logits = model(ids, use_cache=False).logits[0, :-1].float()  # (T-1, vocab): position t predicts t+1
+        losses = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+        nats += losses[mask].sum().item()
+        tokens += int(mask.sum())
+
+        generation = GenerationConfig(
+            max_new_tokens=min(max_new_tokens, context - len(prompt)), do_sample=False, eos_token_id=eot,
+            pad_token_id=pad,
+        )
+        prompt_ids = torch.tensor([prompt], device=model.device)
+        new = model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), generation_config=generation)
+        new = new[0, len(prompt):].tolist()
+        reply = tokenizer.decode(new[: new.index(eot)] if eot in new else new, skip_special_tokens=True)
+        ended += eot in new
+        exact += eot in new and reply.strip() == messages[-1]["content"].strip()
+        replies.append({"question": messages[-2]["content"], "reference": messages[-1]["content"], "reply": reply})
+    model.train(was_training)
+    scored = len(replies)
+    return {
+        "conversations": scored,
+        "skipped": skipped,
+        "assistant_tokens": tokens,
+        "loss": nats / tokens if tokens else float("nan"),
+        "ends_turn": ended / scored if scored else float("nan"),
+        "exact": exact / scored if scored else float("nan"),
+        "samples": replies[:samples],
+    }
+
+
+__all__ = [
+    "HELD_OUT_PERCENT",
+    "MODULES",
+    "SYSTEM",
+    "docstring_answers",
+    "docstring_conversations",
+    "first_sentence",
+    "held_out_report",
+    "is_held_out",
+    "write_conversations",
+]
