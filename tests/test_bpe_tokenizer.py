@@ -105,6 +105,8 @@ def test_bad_vocab_specs_are_refused_before_any_work(spec, tmp_path, capsys):
 def test_prepare_trains_on_the_train_split_only_and_encodes_as_the_saved_tokenizer(corpus, tmp_path):
     settings = dict(tokenizer="bpe:500", max_memory="16KB", log=lambda line: None)  # pieces of 4,096 characters
     runs = {n: prepare(corpus, tmp_path / f"np{n}", num_proc=n, **settings) for n in (1, 2)}
+    took = {n: runs[n].pop("tokenizer_training") for n in (1, 2)}  # seconds differ; bytes and threads do not
+    assert took[1]["bytes"] == took[2]["bytes"] > 0 and (took[1]["threads"], took[2]["threads"]) == (1, 2)
     assert runs[1] == {**runs[2], "source": runs[1]["source"]}
     saved = {n: (tmp_path / f"np{n}" / "tokenizer" / "tokenizer.json").read_text() for n in (1, 2)}
     assert saved[1] == saved[2]  # the same BPE from one thread or two
