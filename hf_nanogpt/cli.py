@@ -12,7 +12,7 @@
     hf-nanogpt convert llmc IN.bin OUT [--tokenizer gpt2|DIR] [--overwrite] [--push-to-hub REPO_ID [--private]]
     hf-nanogpt export llmc MODEL OUT.bin [--dtype float32|bfloat16] [--overwrite] [--trust-remote-code]
     hf-nanogpt prepare INPUT OUT_DIR --tokenizer char|gpt2|bpe:VOCAB|PATH [--num_proc N] [--shard_tokens N]
-                       [--max_memory SIZE]
+                       [--max_memory SIZE] [--messages_column messages]   (conversations: --tokenizer MODEL)
     hf-nanogpt train [CONFIG] [--name value ...]          (also: accelerate launch -m hf_nanogpt.train ...)
     hf-nanogpt push MODEL REPO_ID [--private] [--revision BRANCH] [--commit-message M] [--token T]
     hf-nanogpt inspect MODEL --out DIR [--tokens TEXT ...] [--neighbours K] [--trust-remote-code]
@@ -209,6 +209,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         num_proc=args.num_proc,
         max_memory=args.max_memory,
         shard_tokens=args.shard_tokens,
+        messages_column=args.messages_column,
     )
     return 0
 
@@ -395,17 +396,26 @@ def add_prepare_command(sub) -> None:
         "input",
         metavar="INPUT",
         help="a text file, a folder of text files, or a `datasets` data set: a "
-        "saved folder, .json/.jsonl/.parquet/.csv files (or a folder of them), or a Hub name (streamed)",
+        "saved folder, .json/.jsonl/.parquet/.csv files (or a folder of them), or a Hub name (streamed); of texts, "
+        "or of conversations (a messages column)",
     )
     prep.add_argument("out_dir", metavar="OUT_DIR")
     prep.add_argument(
         "--tokenizer",
         default="char",
         help="char | gpt2 | bpe:VOCAB (a byte-level BPE of VOCAB tokens, e.g. bpe:8192, trained on the train split) "
-        "| a tokenizer folder or meta.pkl (default: char)",
+        "| a tokenizer folder or meta.pkl (default: char); for conversations, the MODEL to fine-tune: gpt2, a model "
+        "or tokenizer folder",
     )
     prep.add_argument("--val_fraction", "--val-fraction", type=float, default=0.1)
     prep.add_argument("--text_column", "--text-column", default="text", help="column of a `datasets` data set")
+    prep.add_argument(
+        "--messages_column",
+        "--messages-column",
+        default="messages",
+        help="a data set with this column (lists of {role, content}) and no text column is a conversation set: "
+        "encoded by the chat template of --tokenizer MODEL, with a loss mask (docs/chat.md; default: messages)",
+    )
     prep.add_argument(
         "--dataset_config",
         "--dataset-config",

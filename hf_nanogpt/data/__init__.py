@@ -5,11 +5,13 @@ Two layouts:
   data_info.json; nanoGPT's own folders have none and are read as uint16), and meta.pkl for char level.
 - llm.c's shards, which modded-nanogpt reads too: `*_train_*.bin` and `*_val_*.bin`, each a header of 256
   int32 (magic, version, token count) and then the tokens. Their FineWeb folders are read as they are.
+Of conversations, either layout with a loss mask beside each token file (train.mask, shard_train_000000.mask).
 
     shards.py    llm.c's header and token shards (read_shard, write_shard)
     tokens.py    what the trainer reads: TokenData, nanoGPT's get_batch over either layout
     sources.py   where `prepare` reads documents from, and how they are routed into train and val
     encoding.py  text -> ids in worker processes, cut where the ids stay those of the whole text
+    conversations.py  conversations -> ids and a loss mask by the chat template (bad rows counted), in those workers
     writing.py   `prepare` and its writers
 
     from hf_nanogpt.data import prepare, TokenData

@@ -159,13 +159,19 @@ def utf8_bytes(text: str) -> int:
 
 @dataclass
 class Encoded:
-    """A piece's ids, and what its text measures: UTF-8 bytes, characters and, where counted, GPT-2 tokens."""
+    """A piece's ids, and what its text measures: UTF-8 bytes, characters and, where counted, GPT-2 tokens; for
+    conversations, also their loss mask and bad rows."""
 
     split: str
     ids: np.ndarray
     bytes: int
     chars: int
     gpt2_tokens: int | None  # the tokens `prepare --tokenizer gpt2` writes for the same text (<|endoftext|>s too)
+    # conversations (conversations.py): 1 where the model learns to write the token; each bad row's (reason, row);
+    # how many conversations the ids hold
+    mask: np.ndarray | None = None
+    bad: list[tuple[str, int]] = field(default_factory=list)
+    conversations: int = 0
 
 
 class Encoder:

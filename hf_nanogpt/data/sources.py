@@ -1,6 +1,6 @@
 """Where `prepare` reads documents from, each a block at a time: a text file, a folder of text files, or a
-`datasets` data set (saved, local data files or the Hub, streamed); and the rules that route them into the
-train and val splits (`route`).
+`datasets` data set (saved, local data files or the Hub, streamed), of texts or of conversations (a messages
+column); and the rules that route them into the train and val splits (`route`).
 """
 
 import math
@@ -24,13 +24,15 @@ READ_CHARS = 1 << 20  # characters per read from a text file
 
 @dataclass
 class Source:
-    """Where documents come from. `documents()` yields each document as an iterable of text blocks (a new
-    pass each call); `count` is their number where it is known before reading them (None: a stream)."""
+    """Where documents come from. `documents()` yields each document as an iterable of text blocks, or for
+    conversations (`chat`) each row's messages as they are read, unchecked (a new pass each call); `count` is
+    their number where it is known before reading them (None: a stream)."""
 
-    documents: Callable[[], Iterator[Iterable[str]]]
+    documents: Callable[[], Iterator[Iterable[str]]] | Callable[[], Iterator[object]]
     count: int | None
     description: str
     bytes: int | None = None  # the text's size, for the progress bar, where known
+    chat: bool = False
 
 
 def read_blocks(path: Path) -> Iterator[str]:
@@ -51,10 +53,14 @@ def is_saved_dataset(path: Path) -> bool:
 
 
 def open_source(
-    source: str | os.PathLike, text_column: str = "text", split: str = "train", dataset_config: str | None = None
+    source: str | os.PathLike,
+    text_column: str = "text",
+    split: str = "train",
+    dataset_config: str | None = None,
+    messages_column: str = "messages",
 ) -> Source:
     """A text file (one document); a folder of text files (one document each, sorted by path); else a
-    `datasets` data set (`dataset_source`)."""
+    `datasets` data set (`dataset_source`), of conversations where it has `messages_column` and no `text_column`."""
     path = Path(source)
     if dataset_config is not None and path.exists():
         raise ValueError(
@@ -71,14 +77,21 @@ def open_source(
                 f"{len(files)} files under {path}",
                 sum(p.stat().st_size for p in files),
             )
-    return dataset_source(source, text_column, split, dataset_config)
+    return dataset_source(source, text_column, split, dataset_config, messages_column)
 
 
-def dataset_source(source: str | os.PathLike, text_column: str, split: str, dataset_config: str | None) -> Source:
+def dataset_source(
+    source: str | os.PathLike,
+    text_column: str,
+    split: str,
+    dataset_config: str | None,
+    messages_column: str = "messages",
+) -> Source:
     """A saved data set folder (load_from_disk: its length is known), local data files (a file or a folder
     of .json/.jsonl/.parquet/.csv/.arrow files) or a Hub name (`dataset_config`: its configuration, such as
     FineWeb's sample-10BT); the last two are streamed (streaming=True), nothing is downloaded or converted
-    first. Rows are read in batches of the text column only."""
+    first. Rows are read in batches of the text column only; or, where the data set has `messages_column` and
+    no `text_column`, of the messages column: a conversation set (`chat`)."""
     try:
         import datasets
     except ImportError as err:
@@ -111,10 +124,24 @@ def dataset_source(source: str | os.PathLike, text_column: str, split: str, data
         raise FileNotFoundError(
             f"{source}: not a text file, a folder of text files, or a loadable data set ({err})."
         ) from err
-    if (
-        ds.column_names is not None and text_column not in ds.column_names
-    ):  # a stream may know its columns only once read
-        raise ValueError(f"{source}: no column {text_column!r} (columns: {ds.column_names}); pass --text_column.")
+    columns = ds.column_names
+    if columns is None:  # a stream may know its columns only once read: its first row's
+        columns = list(next(iter(ds), {}))
+    count = len(ds) if isinstance(ds, datasets.Dataset) else None
+    if text_column not in columns and messages_column in columns:
+        ds = ds.select_columns([messages_column])
+
+        def conversations() -> Iterator[object]:
+            for batch in ds.iter(batch_size=256):
+                yield from batch[messages_column]
+
+        rows = f"{count:,} rows" if count is not None else "streamed"
+        return Source(conversations, count, f"conversations {source} ({rows})", chat=True)
+    if columns and text_column not in columns:
+        raise ValueError(
+            f"{source}: no column {text_column!r} (text) or {messages_column!r} (conversations) (columns: "
+            f"{columns}); pass --text_column or --messages_column."
+        )
     ds = ds.select_columns([text_column])
 
     def documents() -> Iterator[tuple[str]]:
@@ -128,7 +155,6 @@ def dataset_source(source: str | os.PathLike, text_column: str, split: str, data
                     raise ValueError(f"{source}: a row's {text_column!r} is {type(text).__name__}, not text.")
                 yield (text,)
 
-    count = len(ds) if isinstance(ds, datasets.Dataset) else None
     return Source(documents, count, f"data set {source} ({f'{count:,} rows' if count is not None else 'streamed'})")
 
 
@@ -167,8 +193,9 @@ def split_at(blocks: Iterator[str], n: int) -> tuple[Iterator[str], Iterator[str
 
 
 def route(src: Source, val_fraction: float) -> Iterator[tuple[str, Iterable[str], bool]]:
-    """(split, a document's blocks, one of several documents?) in reading order, by the rules `prepare` states."""
-    if src.count == 1:  # one text: by characters (a first pass counts them)
+    """(split, a document, one of several documents?) in reading order, by the rules `prepare` states. A
+    conversation is never cut: a set of one trains on it."""
+    if src.count == 1 and not src.chat:  # one text: by characters (a first pass counts them)
         n = int(sum(map(len, next(src.documents()))) * (1 - val_fraction))
         train, val = split_at(iter(next(src.documents())), n)
         yield "train", train, False

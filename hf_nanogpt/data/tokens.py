@@ -3,6 +3,11 @@
 - nanoGPT's: train.bin and val.bin, the ids back to back, uint16 (uint32 past 65,536 tokens, recorded in
   data_info.json; nanoGPT's own folders have none and are read as uint16), and meta.pkl for char level.
 - llm.c's shards (shards.py): `*_train_*.bin` and `*_val_*.bin`. Their FineWeb folders are read as they are.
+
+A folder of conversations (`prepare` of a messages column, data_info.json's "chat": true) has a loss mask beside
+each token file, the same path with the suffix .mask (train.mask, shard_train_000000.mask): raw uint8, one byte per
+token, no header, 1 where the token is one the model learns to write (an assistant's reply and its <|im_end|>).
+`windows` gives those targets as they are and every other one as -100, the label PyTorch's cross entropy ignores.
 """
 
 import json
@@ -18,11 +23,19 @@ from .shards import read_shard
 INFO_FILE = "data_info.json"
 SPLITS = ("train", "val")
 TOKENIZER_DIR = "tokenizer"  # a saved tokenizer that belongs to the data (prepare --tokenizer bpe:VOCAB writes it)
+MASK_SUFFIX = ".mask"
+IGNORE_INDEX = -100  # a target no loss is taken on (torch.nn.functional.cross_entropy's ignore_index)
+
+
+def mask_path(token_file: Path) -> Path:
+    """The loss mask of a token file: train.bin -> train.mask, shard_train_000000.bin -> shard_train_000000.mask."""
+    return token_file.with_suffix(MASK_SUFFIX)
 
 
 class TokenData:
     """A prepared data folder in either layout: each split as its token arrays (memory-mapped: one for
-    train.bin / val.bin, one a shard), the vocabulary size, and its tokenizer.
+    train.bin / val.bin, one a shard), the vocabulary size, and its tokenizer; for conversations (`chat`), each
+    array's loss mask (`masks`, memory-mapped too).
 
     Windows are drawn over all of a split's arrays at once: a window start is a number in [0, total), the
     total of every array's window starts (an array of n tokens has n - block_size), mapped to its array and
@@ -39,9 +52,11 @@ class TokenData:
         if all(path.is_file() for path in bins.values()):
             self.layout = "nanogpt"
             self.dtype = np.dtype(info.get("dtype", "uint16"))
+            self.files = {name: [path] for name, path in bins.items()}
             self.shards = {name: [np.memmap(path, dtype=self.dtype, mode="r")] for name, path in bins.items()}
         elif all(shard_files.values()):
             self.layout = "shards"
+            self.files = shard_files
             self.shards = {name: [read_shard(path) for path in files] for name, files in shard_files.items()}
             dtypes = {ids.dtype for parts in self.shards.values() for ids in parts}
             if len(dtypes) > 1:
@@ -58,6 +73,34 @@ class TokenData:
                 f"(or nanoGPT's prepare.py, "
                 f"or llm.c's dev/data/fineweb.py)."
             )
+        files = [path for paths in self.files.values() for path in paths]
+        self.chat = bool(info.get("chat")) or any(mask_path(path).is_file() for path in files)
+        self.masks = None  # each split's loss masks, one per token array, for conversations
+        if self.chat:
+            self.masks = {
+                name: [self.read_mask(path, ids) for path, ids in zip(self.files[name], self.shards[name])]
+                for name in SPLITS
+            }
+
+    def read_mask(self, token_file: Path, ids: np.ndarray) -> np.ndarray:
+        """The loss mask beside a token file, memory-mapped, once it has one byte per token."""
+        path = mask_path(token_file)
+        redo = f"Prepare the conversations again: `hf-nanogpt prepare CONVERSATIONS {self.dir} --tokenizer MODEL`."
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: missing. {self.dir} holds conversations (data_info.json's \"chat\" or another .mask file), "
+                f"so each token file has its loss mask beside it, and {token_file.name} has none. {redo}"
+            )
+        size = path.stat().st_size
+        if size != len(ids):
+            how = "short" if size < len(ids) else "long"
+            raise ValueError(
+                f"{path}: {size:,} bytes, but {token_file.name} holds {len(ids):,} tokens: a mask has one byte per "
+                f"token; this one is {how}. {redo}"
+            )
+        if size == 0:
+            return np.zeros(0, np.uint8)  # np.memmap cannot map nothing
+        return np.memmap(path, dtype=np.uint8, mode="r")
 
     @property
     def splits(self) -> dict[str, np.ndarray]:
@@ -90,7 +133,8 @@ class TokenData:
 
     def windows(self, split: str, starts: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """nanoGPT's get_batch for given window starts (token offsets, for one array; numbers over all the
-        split's window starts, for shards): x = ids[i : i+T], y = ids[i+1 : i+1+T]."""
+        split's window starts, for shards): x = ids[i : i+T], y = ids[i+1 : i+1+T]; with masks, y is -100
+        wherever its token's mask is 0."""
         counts = self.window_counts(split, block_size)
         ends = np.cumsum(counts)
         starts = starts.numpy()
@@ -100,10 +144,16 @@ class TokenData:
         offsets = starts - (ends - counts)[which]
         # one gather per array: rows of block_size + 1 ids, then x and y as the two overlapping views
         rows = np.empty((len(starts), block_size + 1), dtype=np.int64)
+        taught = np.empty((len(starts), block_size), dtype=np.uint8) if self.masks else None  # y's mask
         for i in np.unique(which):
             chosen = which == i
             rows[chosen] = self.shards[split][i][offsets[chosen, None] + np.arange(block_size + 1)]
-        return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
+            if taught is not None:
+                taught[chosen] = self.masks[split][i][offsets[chosen, None] + np.arange(1, block_size + 1)]
+        x, y = rows[:, :-1].copy(), rows[:, 1:].copy()
+        if taught is not None:
+            y[taught == 0] = IGNORE_INDEX
+        return torch.from_numpy(x), torch.from_numpy(y)
 
     def random_starts(self, split: str, block_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
         """`count` window starts drawn uniformly over all of the split's windows."""
@@ -118,4 +168,4 @@ class TokenData:
         return self.windows(split, starts[rank * batch_size : (rank + 1) * batch_size], block_size)
 
 
-__all__ = ["INFO_FILE", "SPLITS", "TOKENIZER_DIR", "TokenData"]
+__all__ = ["IGNORE_INDEX", "INFO_FILE", "MASK_SUFFIX", "SPLITS", "TOKENIZER_DIR", "TokenData", "mask_path"]

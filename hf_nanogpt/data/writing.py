@@ -5,11 +5,13 @@ nanoGPT's layout or as llm.c's shards (shards.py), which the trainer reads (toke
     prepare("HuggingFaceFW/fineweb", "data/fineweb10B", tokenizer="gpt2", dataset_config="sample-10BT",
             val_fraction=0.01, shard_tokens="100M")                         # llm.c's fineweb.py, streamed
     prepare("input.txt", "data/shakespeare_bpe", tokenizer="bpe:8192")     # a BPE trained on the train split
+    prepare("chat.jsonl", "data/chat", tokenizer="gpt2")                   # conversations: ids and a loss mask
 
 `prepare` streams: documents are read a block at a time, cut into segments, encoded in worker processes a
 piece at a time, and written as the pieces come back, in order. Memory is bounded by the pieces in flight
 (`max_memory`), not by the corpus. A BPE to train (`train_bpe`) gets a pass of its own over the train split
-first, also streamed.
+first, also streamed. Conversations (a messages column) are encoded by conversations.py the same way, a
+conversation for a document, and each token file gets its loss mask beside it (tokens.py says the layout).
 """
 
 import json
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..chat import ROLES
 from ..saving import atomic_output_dir, check_apart
 from ..tokenization import (
     bpe_vocab_size,
@@ -30,10 +33,11 @@ from ..tokenization import (
     train_bpe_tokenizer,
     write_meta_pkl,
 )
+from .conversations import BadRows, ChatEncoder, chat_tokenizer, context_tokens, conversation_pieces
 from .encoding import SEGMENT_CHARS, Encoder, cut_rule, encode_pieces, pieces, segments, tokenizers_threads, utf8_bytes
 from .shards import SHARD_PREFIX, shard_header
 from .sources import Source, characters, open_source, route
-from .tokens import INFO_FILE, SPLITS, TOKENIZER_DIR
+from .tokens import INFO_FILE, SPLITS, TOKENIZER_DIR, mask_path
 
 # how `prepare` cuts its work (see prepare's docstring for the memory bound)
 MAX_PIECE_CHARS = 1 << 22  # text handed to a worker at once
@@ -46,48 +50,64 @@ BYTES_PER_CHAR = 8  # memory a character in flight costs: its text, its pickled 
 
 
 class BinWriter:
-    """nanoGPT's split file: the ids back to back, appended as they come."""
+    """nanoGPT's split file: the ids back to back, appended as they come; `masked`: their loss mask beside it."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, masked: bool = False):
         self.file, self.count = open(path, "wb"), 0
+        self.mask = open(mask_path(path), "wb") if masked else None
 
-    def write(self, ids: np.ndarray) -> None:
+    def write(self, ids: np.ndarray, mask: np.ndarray | None = None) -> None:
         ids.tofile(self.file)
+        if self.mask is not None:
+            mask.tofile(self.mask)
         self.count += len(ids)
 
     def close(self) -> int:
         self.file.close()
+        if self.mask is not None:
+            self.mask.close()
         return self.count
 
 
 class ShardWriter:
     """A split as shards of `shard_tokens` tokens (the last one shorter) in llm.c's format, named
-    shard_{split}_{index:06d}.bin; a shard's header gets its count when the shard is complete."""
+    shard_{split}_{index:06d}.bin; a shard's header gets its count when the shard is complete. `masked`: each
+    shard's loss mask beside it (shard_{split}_{index:06d}.mask, no header)."""
 
-    def __init__(self, folder: Path, split: str, shard_tokens: int, dtype: np.dtype):
+    def __init__(self, folder: Path, split: str, shard_tokens: int, dtype: np.dtype, masked: bool = False):
         self.folder, self.split, self.shard_tokens, self.dtype = folder, split, shard_tokens, dtype.newbyteorder("<")
         self.file, self.index, self.in_shard, self.count = None, 0, 0, 0
+        self.masked, self.mask = masked, None
 
-    def write(self, ids: np.ndarray) -> None:
+    def write(self, ids: np.ndarray, mask: np.ndarray | None = None) -> None:
         while len(ids):
             if self.file is None:
                 self._start()
-            part, ids = ids[: self.shard_tokens - self.in_shard], ids[self.shard_tokens - self.in_shard :]
+            room = self.shard_tokens - self.in_shard
+            part, ids = ids[:room], ids[room:]
             part.astype(self.dtype, copy=False).tofile(self.file)
+            if self.masked:
+                mask[:room].tofile(self.mask)
+                mask = mask[room:]
             self.in_shard += len(part)
             self.count += len(part)
             if self.in_shard == self.shard_tokens:
                 self._finish()
 
     def _start(self) -> None:
-        self.file = open(self.folder / f"{SHARD_PREFIX}_{self.split}_{self.index:06d}.bin", "wb")
+        path = self.folder / f"{SHARD_PREFIX}_{self.split}_{self.index:06d}.bin"
+        self.file = open(path, "wb")
         self.file.write(shard_header(0, self.dtype))
+        if self.masked:
+            self.mask = open(mask_path(path), "wb")
 
     def _finish(self) -> None:
         self.file.seek(0)
         self.file.write(shard_header(self.in_shard, self.dtype))
         self.file.close()
-        self.file, self.index, self.in_shard = None, self.index + 1, 0
+        if self.masked:
+            self.mask.close()
+        self.file, self.mask, self.index, self.in_shard = None, None, self.index + 1, 0
 
     def close(self) -> int:
         if self.file is None and self.index == 0:
@@ -185,12 +205,19 @@ def prepare(
     num_proc: int | None = None,
     max_memory: str | int = "1GB",
     shard_tokens: str | int | None = None,
+    messages_column: str = "messages",
 ) -> dict:
     """Tokenize `source` (`open_source`: a text file, a folder of text files, a `datasets` data set) into
     nanoGPT's layout, or into llm.c's shards of `shard_tokens` tokens. `tokenizer`: "char" (vocabulary from
     the text, meta.pkl written; a first pass reads the source for its characters), "gpt2", "bpe:VOCAB" (a
     byte-level BPE of VOCAB tokens trained on the train split, `train_bpe`, saved in out_dir/tokenizer), or a
     tokenizer folder / meta.pkl.
+
+    A data set with `messages_column` and no `text_column` is a conversation set: `tokenizer` is the MODEL to
+    fine-tune ("gpt2", a model or tokenizer folder), which gets the chat format (hf_nanogpt/chat.py) and is saved
+    in out_dir/tokenizer; each conversation is a document, encoded by the chat template, and each token file
+    gets its loss mask beside it (tokens.py). A bad row (conversations.py's BAD_ROWS, a conversation longer than
+    the MODEL's context among them) is left out, counted and reported; if every row is bad, ValueError.
 
     The val split is fixed by the data alone (the same on every run, whatever num_proc):
     - one text (a text file, a one-row data set): its first (1 - val_fraction) of characters train, the
@@ -232,9 +259,11 @@ def prepare(
     check_apart(out_dir, source, "OUT_DIR", "INPUT")
     if Path(out_dir).exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists: pass --overwrite to replace it.")
-    src = open_source(source, text_column, split, dataset_config)
+    src = open_source(source, text_column, split, dataset_config, messages_column)
     training = None  # what training a bpe:VOCAB took
-    if tokenizer == "char":
+    if src.chat:
+        tok = chat_tokenizer(tokenizer)
+    elif tokenizer == "char":
         tok = char_tokenizer(characters(src))
     elif bpe_vocab is not None:
         tok, training = train_bpe(src, bpe_vocab, val_fraction, num_proc, log)
@@ -243,34 +272,57 @@ def prepare(
     stoi = char_vocab(tok)
     label = "char" if stoi else str(tokenizer)
     dtype = np.dtype(np.uint16 if len(tok) <= 2**16 else np.uint32)
-    encoder = Encoder(tok, tokenizer, dtype, count_gpt2=label != "gpt2")
     in_flight = 2 * num_proc
     piece_chars = min(MAX_PIECE_CHARS, max(MIN_PIECE_CHARS, budget // (in_flight * BYTES_PER_CHAR)))
-    work = pieces(route(src, val_fraction), cut_rule(tok), piece_chars)
+    if src.chat:
+        max_tokens, context = context_tokens(tokenizer, tok)
+        encoder = ChatEncoder(tok, dtype, max_tokens)
+        work = conversation_pieces(route(src, val_fraction), piece_chars)
+        bad, conversations, taught = BadRows(), dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
+    else:
+        encoder = Encoder(tok, tokenizer, dtype, count_gpt2=label != "gpt2")
+        work = pieces(route(src, val_fraction), cut_rule(tok), piece_chars)
     started, tokens = time.perf_counter(), 0
     text_bytes, val_chars, val_gpt2 = dict.fromkeys(SPLITS, 0), 0, 0
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         writers = {
-            name: ShardWriter(tmp, name, shard_tokens, dtype) if shard_tokens else BinWriter(tmp / f"{name}.bin")
+            name: ShardWriter(tmp, name, shard_tokens, dtype, src.chat)
+            if shard_tokens
+            else BinWriter(tmp / f"{name}.bin", src.chat)
             for name in SPLITS
         }
         try:
             with tqdm(
-                total=src.bytes,
+                total=src.count if src.chat else src.bytes,
                 desc=f"encoding ({encoder.name}, {num_proc} process{'es' if num_proc > 1 else ''})",
-                unit="B",
+                unit=" rows" if src.chat else "B",
                 unit_scale=True,
                 mininterval=1.0,
             ) as bar:
                 for done in encode_pieces(work, encoder, num_proc, in_flight):
-                    writers[done.split].write(done.ids)
+                    writers[done.split].write(done.ids, done.mask)
                     tokens, text_bytes[done.split] = tokens + len(done.ids), text_bytes[done.split] + done.bytes
                     if done.split == "val":
                         val_chars, val_gpt2 = val_chars + done.chars, val_gpt2 + (done.gpt2_tokens or 0)
+                    if src.chat:
+                        bad.add(done.bad)
+                        conversations[done.split] += done.conversations
+                        taught[done.split] += int(done.mask.sum())
                     bar.set_postfix_str(f"{tokens:,} tokens", refresh=False)
-                    bar.update(done.bytes)
+                    bar.update(done.conversations + len(done.bad) if src.chat else done.bytes)
         finally:
             counts = {name: writer.close() for name, writer in writers.items()}
+        if src.chat:
+            too_long = f"{max_tokens:,} tokens ({context})" if max_tokens else ""
+            if not sum(conversations.values()) and not bad.total:
+                raise ValueError(f"{source}: no rows in its {messages_column!r} column, nothing to train on.")
+            if not sum(conversations.values()):
+                reasons = "\n".join(bad.lines(too_long))
+                raise ValueError(
+                    f"{source}: every one of its {bad.total:,} rows is bad, nothing to train on:\n{reasons}\n"
+                    f"A row's {messages_column!r} is a list of {{\"role\": ..., \"content\": ...}}, roles "
+                    f"{', '.join(ROLES)}, with at least one assistant turn (docs/chat.md)."
+                )
         val_tokens = {label: counts["val"]}  # the tokens written, then the others' (GPT-2's counted unless it wrote)
         val_tokens.setdefault("gpt2", val_gpt2)
         val_tokens.setdefault("char", val_chars)
@@ -281,15 +333,32 @@ def prepare(
             "tokenizer": label,
             "source": str(source),
             "bytes": text_bytes,
-            "val_tokens_per_byte": {name: n / val_bytes for name, n in val_tokens.items()} if val_bytes else {},
         }
+        # of conversations, tokens per byte would count the template's markers and role names against the
+        # contents' bytes, and a char vocabulary (one of those it compares with) cannot write one: not measured
+        if not src.chat:
+            info["val_tokens_per_byte"] = {name: n / val_bytes for name, n in val_tokens.items()} if val_bytes else {}
+        if src.chat:
+            info.update(
+                chat=True,
+                chat_format="chatml",
+                messages_column=messages_column,
+                conversations=conversations,
+                taught_tokens=taught,
+                max_tokens=max_tokens,
+                max_tokens_from=context,
+                bad_rows=bad.counts,
+                first_bad_rows={reason: rows for reason, rows in bad.first.items() if rows},
+            )
         if shard_tokens:
             info.update(layout="shards", shard_tokens=shard_tokens)
         if stoi is not None:
             write_meta_pkl(tmp / "meta.pkl", stoi)
-        if bpe_vocab is not None:
+        if bpe_vocab is not None or src.chat:
             tok.save_pretrained(tmp / TOKENIZER_DIR)
-            info.update(tokenizer_dir=TOKENIZER_DIR, tokenizer_training=training)
+            info.update(tokenizer_dir=TOKENIZER_DIR)
+        if bpe_vocab is not None:
+            info.update(tokenizer_training=training)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     seconds, total_bytes = time.perf_counter() - started, sum(text_bytes.values())
     shards = f", shards of {shard_tokens:,}" if shard_tokens else ""
@@ -300,7 +369,16 @@ def prepare(
         f"{total_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s; "
         f"{num_proc} process{'es' if num_proc > 1 else ''}, {encoder.name})"
     )
-    if info["val_tokens_per_byte"]:
+    if src.chat:
+        share = sum(taught.values()) / max(tokens, 1)
+        log(
+            f"conversations: {conversations['train']:,} train and {conversations['val']:,} val, {bad.total:,} bad "
+            f"row{'' if bad.total == 1 else 's'} skipped; {share:.1%} of the tokens are taught (mask 1: the replies "
+            f"and their <|im_end|>)"
+        )
+        for line in bad.lines(too_long):
+            log(line)
+    if info.get("val_tokens_per_byte"):
         log(tokens_per_byte_line(label, info["val_tokens_per_byte"]))
     return {**info, **counts}
 
