@@ -3,6 +3,7 @@
     hf-nanogpt --help
     hf-nanogpt generate MODEL --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--greedy]
     hf-nanogpt sample MODEL [--start TEXT|FILE:path] [--num_samples 10] [--max_new_tokens 500] ...
+    hf-nanogpt chat MODEL [--system TEXT] [--max_new_tokens N] [--temperature T] [--top_k K] [--seed S]
     hf-nanogpt convert nanogpt SRC OUT [--meta meta.pkl | --tokenizer gpt2|DIR] [--crop-vocab] [--overwrite]
                                [--push-to-hub REPO_ID [--private]]
     hf-nanogpt export nanogpt MODEL OUT_DIR [--dataset NAME] [--overwrite]
@@ -124,6 +125,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
         write=lambda text: print(text, flush=True),
     )
     return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat_cli import chat, require_chat_template
+    from .cpu_decode import attach_cpu_decode
+
+    model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
+    require_chat_template(tokenizer, args.model)
+    attach_cpu_decode(model)  # decoding's fastest CPU products (F.linear elsewhere)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    try:
+        return chat(
+            model,
+            tokenizer,
+            system=args.system,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+        )
+    except KeyboardInterrupt:  # outside a reply or the prompt (which chat handles): leave quietly
+        print(file=sys.stderr)
+        return 0
 
 
 def cmd_convert_nanogpt(args: argparse.Namespace) -> int:
@@ -284,7 +308,7 @@ def add_model_loading_options(parser: argparse.ArgumentParser, dtype_default: st
 
 
 def add_text_commands(sub) -> None:
-    """generate and sample."""
+    """generate, sample and chat."""
     gen = sub.add_parser(
         "generate",
         help="stream text from a model folder or Hub repo id",
@@ -324,6 +348,36 @@ def add_text_commands(sub) -> None:
     )
     add_model_loading_options(smp, dtype_default="float32")
     smp.set_defaults(func=cmd_sample)
+
+    cht = sub.add_parser(
+        "chat",
+        help="talk to a chat model (one fine-tuned on conversations), replies streamed",
+        description="A conversation with MODEL through its tokenizer's chat template (see docs/chat.md), replies "
+        "streamed as they come. At a terminal: type after 'you> '; /reset clears the history, /exit or /quit "
+        "(or Ctrl-D) leave, Ctrl-C stops a reply and a second Ctrl-C leaves. From a pipe: each line is a user "
+        "turn, each reply is printed. When the conversation and --max_new_tokens would pass the model's "
+        "block_size, the oldest turns are left out (said on stderr); --system stays. Sampling settings default "
+        "to the model's generation_config.json.",
+    )
+    add_model_argument(cht)
+    cht.add_argument("--system", default=None, metavar="TEXT", help="a system message to open the conversation")
+    cht.add_argument(
+        "--max_new_tokens",
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the longest reply, in tokens (default: 256, or half of block_size if less)",
+    )
+    cht.add_argument(
+        "--temperature", type=float, default=None, metavar="T", help="> 0; 0 picks the most likely token (greedy)"
+    )
+    cht.add_argument(
+        "--top_k", "--top-k", type=int, default=None, metavar="K", help="keep the k most likely tokens (0: all)"
+    )
+    cht.add_argument("--seed", type=int, default=None, metavar="S")
+    add_model_loading_options(cht)
+    cht.set_defaults(func=cmd_chat)
 
 
 def add_convert_commands(sub) -> None:
@@ -571,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoints to Hugging Face model folders and back, publish them on the Hub.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_text_commands(sub)  # generate, sample
+    add_text_commands(sub)  # generate, sample, chat
     add_convert_commands(sub)
     add_prepare_command(sub)
     add_train_command(sub)

@@ -78,6 +78,41 @@ def trained_bpe(texts: list[str], vocab_size: int):
     return train_bpe_tokenizer(texts, vocab_size)
 
 
+# conversations `chat_model` learns by heart: greedy decoding answers each of the two questions with its reply,
+# first or second in a conversation
+HELLO = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi there, friend"}]
+TWO = [{"role": "user", "content": "what is two"}, {"role": "assistant", "content": "two is a number"}]
+CHAT_CONVERSATIONS = [HELLO, TWO, HELLO + TWO, TWO + HELLO]
+
+
+def chat_model(conversations: list[list[dict]] = CHAT_CONVERSATIONS, steps: int = 100, seed: int = 0, **overrides):
+    """(model, tokenizer): a tiny model with a trained BPE and the chat format (hf_nanogpt.chat), overfit on
+    `conversations` (in a second or so). Save it with save_model_folder, as the trainer saves a fine-tuned chat
+    model: its generation_config.json then ends generation at <|im_end|>."""
+    from hf_nanogpt.chat import add_chat_format, vocab_rows
+
+    words = " ".join(message["content"] for conversation in conversations for message in conversation)
+    tokenizer = add_chat_format(trained_bpe([words + "\n"] * 20, 300))
+    rows = [tokenizer.apply_chat_template(c, return_dict=True)["input_ids"] for c in conversations]
+    length = max(map(len, rows))
+    x = torch.tensor([row + [tokenizer.pad_token_id] * (length - len(row)) for row in rows])
+    y = torch.tensor([row + [-100] * (length - len(row)) for row in rows])
+    overrides = {"block_size": 64, **overrides}
+    model = tiny_model(seed, vocab_size=vocab_rows(tokenizer, tiny_config().vocab_size), **overrides).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model's steps are fastest on one thread, the more so on a busy machine
+    try:
+        for _ in range(steps):
+            loss = model(x, labels=y).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval(), tokenizer
+
+
 def load_nanogpt_fixture(name: str) -> dict:
     """A fixture folder: ckpt (nanoGPT's ckpt.pt contents), inputs, refs and greedy.json."""
     folder = NANOGPT_FIXTURES / name
