@@ -12,16 +12,27 @@ module are also paired into two-turn conversations ("And json.loads?"). About on
 often greedy decoding ends its turn. The set depends on the Python release (docstrings change; `os` also on
 the platform), not on the machine's state: only the modules in MODULES are imported, none with side effects
 on import.
+
+`python -m hf_nanogpt.chat_demo` runs it end to end, offline: a BPE model of the standard library's source
+(`make demo`'s corpus, with `prepare --tokenizer bpe:VOCAB`; `--base MODEL` starts from a model of yours
+instead), these conversations prepared with its tokenizer, fine-tuned with the loss on the assistant's tokens,
+and `held_out_report` before and after (docs/chat.md has a run and its transcript).
+
+    python -m hf_nanogpt.chat_demo [--out_dir out/chat_demo] [--base MODEL] [--pretrain_iters 1500] ...
 """
 
+import argparse
 import importlib
 import inspect
 import json
 import os
 import random
 import re
+import sys
+import time
 import zlib
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -216,6 +227,137 @@ def held_out_report(
     }
 
 
+# ---------------------------------------------------------------------------------------------------
+# python -m hf_nanogpt.chat_demo: from the standard library's source to a chat model, offline
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out_dir", default="out/chat_demo", help="everything the run writes goes under it")
+    p.add_argument("--base", default=None, help="a BPE model folder to fine-tune instead of pretraining one")
+    p.add_argument("--vocab", type=int, default=2048, help="the pretrained model's BPE (bpe:VOCAB)")
+    p.add_argument("--max_chars", type=int, default=2_000_000, help="standard-library source to pretrain on")
+    p.add_argument("--n_layer", type=int, default=4)
+    p.add_argument("--n_head", type=int, default=4)
+    p.add_argument("--n_embd", type=int, default=128)
+    p.add_argument("--block_size", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--pretrain_iters", type=int, default=1500)
+    p.add_argument("--finetune_iters", type=int, default=600)
+    p.add_argument("--held_out", type=int, default=100, help="held-out conversations the report scores")
+    p.add_argument("--max_new_tokens", type=int, default=48)
+    p.add_argument("--seed", type=int, default=1337)
+    return p.parse_args(argv)
+
+
+def run_config(args, **values):
+    from .train import TrainConfig
+
+    settings = dict(
+        eval_iters=20,
+        log_interval=10,
+        always_save_checkpoint=False,
+        gradient_accumulation_steps=1,
+        batch_size=args.batch_size,
+        block_size=args.block_size,
+        dropout=0.0,
+        learning_rate=1e-3,
+        min_lr=1e-4,
+        beta2=0.99,
+        device="cpu",
+        compile=False,
+        seed=args.seed,
+        log_with="none",
+    )
+    settings.update(values)
+    return TrainConfig(**settings)
+
+
+def main(argv=None) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .data.writing import prepare
+    from .demo import stdlib_corpus
+    from .train import train
+    from .training.model import grow_for_chat
+
+    args = parse_args(argv)
+    root, started = Path(args.out_dir), time.time()
+    root.mkdir(parents=True, exist_ok=True)
+
+    # 1. the base model: a BPE GPT of the standard library's source, unless one is given
+    base = args.base
+    if base is None:
+        corpus = root / "stdlib.txt"
+        corpus.write_text(stdlib_corpus(args.max_chars), encoding="utf-8")
+        prepare(corpus, root / "data_stdlib", tokenizer=f"bpe:{args.vocab}", overwrite=True)
+        base = str(root / "base")
+        iters = args.pretrain_iters
+        train(
+            run_config(
+                args,
+                out_dir=base,
+                data_dir=str(root / "data_stdlib"),
+                dataset="python-stdlib",
+                n_layer=args.n_layer,
+                n_head=args.n_head,
+                n_embd=args.n_embd,
+                max_iters=iters,
+                lr_decay_iters=iters,
+                warmup_iters=max(iters // 20, 1),
+                eval_interval=max(iters // 4, 1),
+            )
+        )
+
+    # 2. the conversations, prepared with the base model's tokenizer and the chat format
+    held_out = docstring_conversations(args.seed, "held_out")[: args.held_out]
+    count = write_conversations(docstring_conversations(args.seed, "train"), root / "chat.jsonl")
+    write_conversations(held_out, root / "chat_held_out.jsonl")
+    print(f"conversations: {count:,} to train on, {len(held_out)} held out -> {root / 'chat.jsonl'}")
+    prepare(root / "chat.jsonl", root / "data_chat", tokenizer=base, overwrite=True)
+    tokenizer = AutoTokenizer.from_pretrained(root / "data_chat" / "tokenizer")
+
+    # 3. before: the base model, its embedding grown for the turn markers as the trainer grows it
+    model = AutoModelForCausalLM.from_pretrained(base)
+    grow_for_chat(model, tokenizer, args.seed)
+    before = held_out_report(model, tokenizer, held_out, args.max_new_tokens)
+
+    # 4. fine-tune: the loss on the assistant's tokens only (the data's mask)
+    iters = args.finetune_iters
+    train(
+        run_config(
+            args,
+            init_from=base,
+            out_dir=str(root / "chat"),
+            data_dir=str(root / "data_chat"),
+            dataset="python-stdlib-docstring-conversations",
+            learning_rate=3e-4,
+            min_lr=3e-5,
+            max_iters=iters,
+            lr_decay_iters=iters,
+            warmup_iters=max(iters // 20, 1),
+            eval_interval=max(iters // 4, 1),
+        )
+    )
+
+    # 5. after: the chat model as a user loads it
+    chat_model = AutoModelForCausalLM.from_pretrained(root / "chat")
+    after = held_out_report(chat_model, AutoTokenizer.from_pretrained(root / "chat"), held_out, args.max_new_tokens)
+
+    print("-" * 60)
+    print(f"held-out conversations ({before['conversations']} scored, functions never seen in fine-tuning):")
+    print("                                before    after")
+    print(f"  loss, nats per assistant token {before['loss']:8.3f} {after['loss']:8.3f}")
+    print(f"  ends its turn                  {before['ends_turn']:8.0%} {after['ends_turn']:8.0%}")
+    print(f"  the reference reply, exactly   {before['exact']:8.0%} {after['exact']:8.0%}")
+    for sample in after["samples"]:
+        print(f"you> {sample['question']}\nassistant> {sample['reply']}\n   (docstring: {sample['reference']})")
+    print("-" * 60)
+    print(f"chat model: {root / 'chat'}; talk to it: hf-nanogpt chat {root / 'chat'}")
+    print(f"chat demo took {time.time() - started:.0f} s")
+    return {"before": before, "after": after, "chat_model": str(root / "chat"), "base": base}
+
+
 __all__ = [
     "HELD_OUT_PERCENT",
     "MODULES",
@@ -225,5 +367,10 @@ __all__ = [
     "first_sentence",
     "held_out_report",
     "is_held_out",
+    "main",
     "write_conversations",
 ]
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
