@@ -18,6 +18,8 @@ from .shards import read_shard
 INFO_FILE = "data_info.json"
 SPLITS = ("train", "val")
 TOKENIZER_DIR = "tokenizer"  # a saved tokenizer that belongs to the data (prepare --tokenizer bpe:VOCAB writes it)
+IGNORE_INDEX = -100  # a target not learned (transformers' loss ignores it): chat data's tokens outside the assistant's
+MASK_SUFFIX = ".mask"  # beside each token file of chat data: one uint8 a token, 1 where the model learns to write it
 
 
 class TokenData:
@@ -34,15 +36,18 @@ class TokenData:
         self.meta = read_meta_pkl(self.dir / "meta.pkl") if (self.dir / "meta.pkl").is_file() else None
         self.vocab_size = self.meta["vocab_size"] if self.meta else info.get("vocab_size")
         self.tokenizer_spec = info.get("tokenizer")
+        self.chat = bool(info.get("chat"))  # conversations: y is IGNORE_INDEX where the target's mask is 0
         bins = {name: self.dir / f"{name}.bin" for name in SPLITS}
         shard_files = {name: sorted(self.dir.glob(f"*_{name}_*.bin")) for name in SPLITS}
         if all(path.is_file() for path in bins.values()):
             self.layout = "nanogpt"
             self.dtype = np.dtype(info.get("dtype", "uint16"))
             self.shards = {name: [np.memmap(path, dtype=self.dtype, mode="r")] for name, path in bins.items()}
+            files = {name: [path] for name, path in bins.items()}
         elif all(shard_files.values()):
             self.layout = "shards"
             self.shards = {name: [read_shard(path) for path in files] for name, files in shard_files.items()}
+            files = shard_files
             dtypes = {ids.dtype for parts in self.shards.values() for ids in parts}
             if len(dtypes) > 1:
                 raise ValueError(
@@ -58,6 +63,14 @@ class TokenData:
                 f"(or nanoGPT's prepare.py, "
                 f"or llm.c's dev/data/fineweb.py)."
             )
+        self.masks = (
+            {
+                name: [np.memmap(path.with_suffix(MASK_SUFFIX), dtype=np.uint8, mode="r") for path in paths]
+                for name, paths in files.items()
+            }
+            if self.chat
+            else None
+        )
 
     @property
     def splits(self) -> dict[str, np.ndarray]:
@@ -90,7 +103,8 @@ class TokenData:
 
     def windows(self, split: str, starts: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """nanoGPT's get_batch for given window starts (token offsets, for one array; numbers over all the
-        split's window starts, for shards): x = ids[i : i+T], y = ids[i+1 : i+1+T]."""
+        split's window starts, for shards): x = ids[i : i+T], y = ids[i+1 : i+1+T], and for chat data y is
+        IGNORE_INDEX where the target's mask is 0."""
         counts = self.window_counts(split, block_size)
         ends = np.cumsum(counts)
         starts = starts.numpy()
@@ -103,7 +117,13 @@ class TokenData:
         for i in np.unique(which):
             chosen = which == i
             rows[chosen] = self.shards[split][i][offsets[chosen, None] + np.arange(block_size + 1)]
-        return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
+        x, y = rows[:, :-1].copy(), rows[:, 1:].copy()
+        if self.masks is not None:
+            for i in np.unique(which):
+                chosen = which == i
+                taught = self.masks[split][i][offsets[chosen, None] + 1 + np.arange(block_size)]
+                y[chosen] = np.where(taught == 0, IGNORE_INDEX, y[chosen])
+        return torch.from_numpy(x), torch.from_numpy(y)
 
     def random_starts(self, split: str, block_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
         """`count` window starts drawn uniformly over all of the split's windows."""
@@ -118,4 +138,4 @@ class TokenData:
         return self.windows(split, starts[rank * batch_size : (rank + 1) * batch_size], block_size)
 
 
-__all__ = ["INFO_FILE", "SPLITS", "TOKENIZER_DIR", "TokenData"]
+__all__ = ["IGNORE_INDEX", "INFO_FILE", "MASK_SUFFIX", "SPLITS", "TOKENIZER_DIR", "TokenData"]
