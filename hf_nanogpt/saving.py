@@ -13,6 +13,8 @@ from pathlib import Path
 
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from .chat import end_of_turn_id, has_chat_format
+
 
 def check_apart(
     out: str | os.PathLike, source: str | os.PathLike, out_name: str = "OUT", source_name: str = "SRC"
@@ -90,6 +92,9 @@ def generation_config_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
       text-generation pipeline's default of 256 new tokens, which would overrun a small model's wpe, is
       not applied;
     - bos/eos/pad from the tokenizer, pad = eos when the tokenizer has none (batched generation needs one);
+    - a tokenizer with the chat format (hf_nanogpt.chat) also ends generation at the end of a turn, <|im_end|>:
+      eos is [<|im_end|>, the tokenizer's eos], so generate() and the text-generation pipeline stop after one
+      reply instead of writing the next user turn;
     - ids the tokenizer cannot decode (nanoGPT pads GPT-2's 50257 up to 50304) are never generated.
     """
     config = model.config
@@ -97,7 +102,10 @@ def generation_config_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     if tokenizer is not None:
         eos = tokenizer.eos_token_id
         gen.bos_token_id = tokenizer.bos_token_id
-        gen.eos_token_id = eos
+        if has_chat_format(tokenizer):
+            gen.eos_token_id = [end_of_turn_id(tokenizer)] + ([eos] if eos is not None else [])
+        else:
+            gen.eos_token_id = eos
         gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         if len(tokenizer) < config.vocab_size:
             gen.suppress_tokens = list(range(len(tokenizer), config.vocab_size))
