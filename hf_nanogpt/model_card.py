@@ -64,6 +64,36 @@ settings with `hf-nanogpt sample {model_ref}`.
 """
 
 
+CHAT_HEADING = "Chat"
+CHAT_TAGS = ["conversational"]
+
+
+def chat_text(model_ref: str) -> str:
+    """How to talk to a chat model (hf_nanogpt.chat's format): the turns it reads, and where it stops."""
+    return f"""The model takes turns in ChatML, which its tokenizer's chat template writes:
+
+```
+<|im_start|>system
+Be brief.<|im_end|>
+<|im_start|>user
+Hi<|im_end|>
+<|im_start|>assistant
+Hello!<|im_end|>
+```
+
+It writes the assistant's turn and ends it with `<|im_end|>`, where generation stops (the generation config's
+`eos_token_id` is `[<|im_end|>, <|endoftext|>]`). Talk to it from the command line with
+`hf-nanogpt chat {model_ref}`, or in Python:
+
+```python
+import hf_nanogpt  # registers the nanogpt model type
+from transformers import pipeline
+chat = pipeline("text-generation", model="{model_ref}")
+messages = [{{"role": "user", "content": "Hi"}}]
+print(chat(messages)[0]["generated_text"][-1]["content"])
+```"""
+
+
 def loss_plot_section(filename: str = LOSS_PLOT) -> str:
     return f"## Training loss\n\n![training and validation loss]({filename})"
 
@@ -167,6 +197,7 @@ def card_for_repo(folder: str | Path, repo_id: str) -> str:
     if match:
         prompt = ast.literal_eval(match["prompt"])
         text = text.replace(usage_section(match["ref"], prompt), usage_section(repo_id, prompt))
+        text = text.replace(chat_text(match["ref"]), chat_text(repo_id))
     for picture, picture_section in PLOT_SECTIONS.items():
         if (folder / picture).is_file() and f"]({picture})" not in text:
             # before the usage section, where render_model_card puts it; at the end of a card without one
@@ -206,10 +237,13 @@ def generic_card(folder: Path, repo_id: str, notes: str = "", loss_plot: str | N
 
 
 __all__ = [
+    "CHAT_HEADING",
+    "CHAT_TAGS",
     "LOSS_PLOT",
     "WPE_PLOT",
     "base_model_id",
     "card_for_repo",
+    "chat_text",
     "field_table",
     "model_shape",
     "has_metadata",

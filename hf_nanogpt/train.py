@@ -21,6 +21,11 @@ Differences from nanoGPT, each on purpose:
   (`evaluation_windows`: drawn once from a fixed seed, shared out among the processes), so val losses
   compare across runs, evaluations and numbers of processes; nanoGPT draws new ones each time, from each
   process's own generator.
+- Chat data (`prepare CONV OUT --tokenizer MODEL`) teaches the assistant's tokens only: the other targets are
+  -100, which the loss leaves out. An iteration's loss is the mean over all its counted targets, every
+  micro-batch's and every process's (transformers' num_items_in_batch, as its Trainer does), not a mean of
+  micro-batch means: a micro-batch weighs what it counts, one that counts none adds 0 and a zero gradient.
+  The embedding grows for the chat markers where a base model has no rows for them (model.grow_for_chat).
 - Every evaluation gives the loss in bits per byte too (`val_bpb`: the targets' nats over the bytes of text
   they stand for, as nanochat's evaluate_bpb), which compares runs whose tokenizers differ.
 - out_dir holds a Hugging Face model folder (the best model by val loss, or the latest with
@@ -53,10 +58,10 @@ from .training.checkpoint import (
 )
 from .training.config import TrainConfig, check_config, load_config_file, micro_steps_per_process, parse_args
 from .training.devices import any_process, make_accelerator
-from .training.evaluation import estimate_loss, evaluation_windows
+from .training.evaluation import check_counted_targets, estimate_loss, evaluation_windows
 from .training.logs import LOG_FILE, TRACKERS_DIR, log_record, tracker_names
 from .training.measure import default_peak_flops, flops_per_token
-from .training.model import build_model, crop_block_size
+from .training.model import build_model, crop_block_size, grow_for_chat
 from .training.optim import configure_optimizers, set_hyperparameters
 from .training.publish import push, write_model
 
@@ -67,7 +72,7 @@ def train(cfg: TrainConfig) -> dict:
     """Run training as `cfg` says; returns {"iter_num", "best_val_loss", "history", "out_dir", "stopped"}."""
     from accelerate.utils import set_seed
 
-    from .data.tokens import TokenData
+    from .data.tokens import IGNORE_INDEX, TokenData
     from .saving import check_apart
 
     # -- everything that can be wrong with the input, before any work
@@ -76,16 +81,25 @@ def train(cfg: TrainConfig) -> dict:
     check_apart(cfg.out_dir, data_dir, "out_dir", "data_dir")
     data = TokenData(data_dir)
     data.check_block_size(cfg.block_size)
+    eval_windows = evaluation_windows(data, cfg.block_size, cfg.batch_size, cfg.eval_iters)  # the same every time
+    check_counted_targets(data, eval_windows, cfg.block_size)
     model, base_model, resume_dir = build_model(cfg, data.vocab_size)
     if resume_dir is not None:
         check_same_optimizer(resume_dir, cfg)
     crop_block_size(model, cfg.block_size)
+    tokenizer = data.tokenizer()
+    grown = grow_for_chat(model, tokenizer, cfg.seed) if data.chat else None
     if data.vocab_size is not None and data.vocab_size > model.config.vocab_size:
         raise ValueError(
-            f"{data_dir}: vocabulary of {data.vocab_size} tokens, "
-            f"but the model has {model.config.vocab_size} embeddings."
+            f"{data_dir}: vocabulary of {data.vocab_size} tokens, but the model has {model.config.vocab_size} "
+            f"embeddings"
+            + (
+                "; only the chat format's two turn markers may lie past a model's rows (its embedding grows for "
+                "them): prepare the conversations with the model's own tokenizer (--tokenizer MODEL)."
+                if data.chat
+                else "."
+            )
         )
-    tokenizer = data.tokenizer()
     trackers = tracker_names(cfg)
     accelerator, dtype = make_accelerator(cfg, trackers)
     if resume_dir is not None:
@@ -105,7 +119,6 @@ def train(cfg: TrainConfig) -> dict:
     model, *optimizers = accelerator.prepare(model, *optimizers)  # each in accelerate's checkpoint state
     raw_model = accelerator.unwrap_model(model)
     train_gen = torch.Generator().manual_seed(cfg.seed)  # the data position: the training windows' generator
-    eval_windows = evaluation_windows(data, cfg.block_size, cfg.batch_size, cfg.eval_iters)  # the same every time
     token_bytes = token_byte_lengths(tokenizer, raw_model.config.vocab_size).to(accelerator.device)  # bits per byte
     iter_num, best_val_loss, history = 0, 1e9, []
     if resume_dir is not None:
@@ -124,7 +137,7 @@ def train(cfg: TrainConfig) -> dict:
         nonlocal model_written
         state = {"iter_num": iter_num, "best_val_loss": best_val_loss, "history": history, "base_model": base_model}
         save_checkpoint(accelerator, model, cfg, state, {"train_gen": train_gen.get_state()})
-        write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset_name)
+        write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset_name, data.chat)
         model_written = True
 
     tokens_per_iter = grad_accum * world * cfg.batch_size * cfg.block_size
@@ -133,6 +146,8 @@ def train(cfg: TrainConfig) -> dict:
         (cfg.peak_flops, "--peak_flops") if cfg.peak_flops > 0 else default_peak_flops(accelerator.device, dtype)
     )
     if main:
+        if grown:
+            print(grown)
         print(
             f"tokens per iteration will be: {tokens_per_iter:,} ({world} process(es) x {grad_accum} micro-steps x "
             f"{cfg.batch_size} x {cfg.block_size}); {raw_model.num_parameters() / 1e6:.2f}M parameters; "
@@ -204,15 +219,26 @@ def train(cfg: TrainConfig) -> dict:
             if iter_num % cfg.eval_interval == 0:
                 t0 = time.time()  # the step time excludes evaluation and checkpointing
 
-            # forward, backward, update; gradients are synchronised on the last micro-step only
+            # forward, backward, update; gradients are synchronised on the last micro-step only. The loss is the
+            # mean over all the iteration's counted targets (every target but chat data's -100s): every process
+            # draws every process's windows (one generator) and counts them, and each micro-batch's loss is its
+            # nats over the count per process (DDP averages the processes' gradients), so the gradients accumulate
+            # to the mean's. At least 1: an iteration that counts none (small chat batches) has no gradient, and the
+            # optimizers step as on any zero gradient (momentum alone).
+            batches = [
+                data.random_batch("train", cfg.block_size, world * cfg.batch_size, train_gen)
+                for _ in range(grad_accum)
+            ]
+            counted = sum(int((y != IGNORE_INDEX).sum()) for _, y in batches)
+            per_process = torch.tensor(max(counted, 1) / world, device=accelerator.device)
+            mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)  # this process's share of the windows
             loss_sum = torch.zeros((), device=accelerator.device)
-            for micro_step in range(grad_accum):
-                x, y = data.random_batch("train", cfg.block_size, cfg.batch_size, train_gen, world, rank)
-                x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
+            for micro_step, (x, y) in enumerate(batches):
+                x, y = (t[mine].to(accelerator.device, non_blocking=True) for t in (x, y))
                 last = micro_step == grad_accum - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                    loss = model(x, shift_labels=y).loss  # prepare() put the model under autocast
-                    accelerator.backward(loss / grad_accum)  # scaled: the accumulated gradient is the mean
+                    loss = model(x, shift_labels=y, num_items_in_batch=per_process).loss  # prepare(): under autocast
+                    accelerator.backward(loss)
                 loss_sum += loss.detach()
             if cfg.grad_clip != 0.0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -222,8 +248,8 @@ def train(cfg: TrainConfig) -> dict:
 
             t1 = time.time()
             dt, t0 = t1 - t0, t1
-            if iter_num % cfg.log_interval == 0:
-                lossf = accelerator.reduce(loss_sum / grad_accum, reduction="mean").item()
+            if iter_num % cfg.log_interval == 0 and counted:  # an iteration that counts no target has no loss to log
+                lossf = accelerator.reduce(loss_sum, reduction="mean").item()  # the iteration's mean loss
                 if not math.isfinite(lossf):
                     stopped = f"loss became {lossf} at iter {iter_num}"
                     break
@@ -272,7 +298,7 @@ def train(cfg: TrainConfig) -> dict:
         raise FloatingPointError(f"{stopped}: stopping; the last good checkpoint is kept in {out_dir / CHECKPOINTS}.")
     elif not model_written and resume_dir is None:
         # short runs that never reached a checkpoint still leave a usable model
-        write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset_name)
+        write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset_name, data.chat)
     if cfg.push_to_hub and main and stopped is None:
         push(cfg, "hf_nanogpt training run")
     accelerator.wait_for_everyone()

@@ -6,22 +6,26 @@ Imported only once tests/conftest.py has pointed every Hugging Face client at th
 
 import json
 import math
+import random
 import secrets
 import socket
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 import hf_nanogpt  # noqa: F401  (registers the Auto classes)
 from hf_nanogpt import NanoGPTConfig, NanoGPTForCausalLM
+from hf_nanogpt.chat import add_chat_format
 from hf_nanogpt.data.tokens import TokenData
 from hf_nanogpt.tokenization import token_byte_lengths
 from hf_nanogpt.training.config import TrainConfig, load_config_file
-from hf_nanogpt.training.evaluation import evaluation_windows
+from hf_nanogpt.training.evaluation import estimate_loss, evaluation_windows
 
 # tokens of the local Hub (the `hub` fixture, tests/hub_server.py); random so that a test can grep
 # outputs and files for them
@@ -206,3 +210,92 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- conversations (tests/test_chat_train.py, test_distributed.py) ---------------------------------------------
+
+
+def conversations(count: int, seed: int = 0) -> list[list[dict]]:
+    """Made-up conversations: sums asked and answered, some questions after a long passage of Shakespeare, so
+    that some training windows hold no assistant token."""
+    rng = random.Random(seed)
+    passages = (FIXTURES / "shakespeare_char" / "input_head.txt").read_text()
+    out = []
+    for _ in range(count):
+        turns = [{"role": "system", "content": "Be brief."}] if rng.random() < 0.5 else []
+        for _ in range(rng.randint(1, 3)):
+            a, b = rng.randint(0, 20), rng.randint(0, 20)
+            question = f"What is {a} plus {b}?"
+            if rng.random() < 0.3:
+                start = rng.randrange(len(passages) - 400)
+                question = f"Read this:\n{passages[start : start + 400]}\n{question}"
+            answer = f"{a} plus {b} is {a + b}."
+            turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        out.append(turns)
+    return out
+
+
+def write_chat_data(out: Path, tokenizer, convs: list[list[dict]], val_conversations: int = 40) -> Path:
+    """A chat data folder as `hf-nanogpt prepare CONV OUT --tokenizer MODEL` writes one, made by hand here:
+    train.bin / val.bin, beside each a .mask (uint8, 1 where the assistant writes: its replies and their
+    <|im_end|>), data_info.json with "chat": true, and OUT/tokenizer with the chat format."""
+    out = Path(out)
+    out.mkdir(parents=True)
+    tokenizer = add_chat_format(tokenizer)
+    for split, part in (("train", convs[val_conversations:]), ("val", convs[:val_conversations])):
+        ids, mask = [], []
+        for conv in part:
+            encoded = tokenizer.apply_chat_template(
+                conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            )
+            ids += encoded["input_ids"]
+            mask += encoded["assistant_masks"]
+        np.array(ids, dtype=np.uint16).tofile(out / f"{split}.bin")
+        np.array(mask, dtype=np.uint8).tofile(out / f"{split}.mask")
+    info = {"vocab_size": len(tokenizer), "dtype": "uint16", "chat": True, "tokenizer_dir": "tokenizer"}
+    (out / "data_info.json").write_text(json.dumps(info))
+    tokenizer.save_pretrained(out / "tokenizer")
+    return out
+
+
+# -- evaluation on several processes, as threads (tests/test_train.py, test_chat_train.py) ----------------------
+
+
+class ThreadAccelerator:
+    """Process `rank` of as many as `slots` has, as a thread, as far as estimate_loss asks: reduce sums the
+    tensors every thread passes at the same point, as accelerator.reduce(..., "sum") does over processes."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, rank: int, slots: list, barrier: threading.Barrier):
+        self.process_index, self.num_processes, self.slots, self.barrier = rank, len(slots), slots, barrier
+
+    def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+        assert reduction == "sum"
+        self.slots[self.process_index] = tensor.clone()
+        self.barrier.wait()
+        total = sum(self.slots[1:], self.slots[0].clone())
+        self.barrier.wait()  # every thread has its sum before the next reduce fills the slots again
+        return total
+
+
+def evaluate_on_processes(world: int, *args) -> list[dict]:
+    """estimate_loss(model, accelerator, *args) on `world` processes (threads): each process's figures."""
+    slots, barrier, results = [None] * world, threading.Barrier(world, timeout=120), [None] * world
+
+    def process(rank: int) -> None:
+        try:
+            results[rank] = estimate_loss(args[0], ThreadAccelerator(rank, slots, barrier), *args[1:])
+        except BaseException as err:
+            barrier.abort()
+            results[rank] = err
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from helpers import (
     FIXTURES,
     NANOGPT_FIXTURES,
     as_args,
+    evaluate_on_processes,
     free_port,
     one_process_evaluation,
     read_log,
@@ -39,7 +39,7 @@ from hf_nanogpt.tokenization import token_byte_lengths
 from hf_nanogpt.train import train
 from hf_nanogpt.training.checkpoint import STATE_FILE, latest_checkpoint
 from hf_nanogpt.training.config import TrainConfig, load_config_file, micro_steps_per_process, parse_args
-from hf_nanogpt.training.evaluation import estimate_loss, evaluation_windows
+from hf_nanogpt.training.evaluation import evaluation_windows
 from hf_nanogpt.training.optim import get_lr
 from hf_nanogpt.training.publish import loss_plot, training_card
 
@@ -190,46 +190,6 @@ def test_training_run_writes_a_usable_model(char_data, tmp_path):
 
 
 # -- evaluation: the loss per token, and in bits per byte -------------------------------------------------
-
-
-class ThreadAccelerator:
-    """Process `rank` of as many as `slots` has, as a thread, as far as estimate_loss asks: reduce sums the
-    tensors every thread passes at the same point, as accelerator.reduce(..., "sum") does over processes."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, rank: int, slots: list, barrier: threading.Barrier):
-        self.process_index, self.num_processes, self.slots, self.barrier = rank, len(slots), slots, barrier
-
-    def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
-        assert reduction == "sum"
-        self.slots[self.process_index] = tensor.clone()
-        self.barrier.wait()
-        total = sum(self.slots[1:], self.slots[0].clone())
-        self.barrier.wait()  # every thread has its sum before the next reduce fills the slots again
-        return total
-
-
-def evaluate_on_processes(world: int, *args) -> list[dict]:
-    """estimate_loss(model, accelerator, *args) on `world` processes (threads): each process's figures."""
-    slots, barrier, results = [None] * world, threading.Barrier(world, timeout=120), [None] * world
-
-    def process(rank: int) -> None:
-        try:
-            results[rank] = estimate_loss(args[0], ThreadAccelerator(rank, slots, barrier), *args[1:])
-        except BaseException as err:
-            barrier.abort()
-            results[rank] = err
-
-    threads = [threading.Thread(target=process, args=(rank,)) for rank in range(world)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
 
 
 def test_estimate_loss_is_the_models_loss_with_bits_per_byte_on_any_number_of_processes(char_data):

@@ -1,5 +1,5 @@
 """The model a run starts from (init_from): a new one, a checkpoint's, GPT-2, a model folder or a nanoGPT
-checkpoint; nanoGPT's dropout override and block-size crop."""
+checkpoint; nanoGPT's dropout override and block-size crop; the embedding grown for the chat format's markers."""
 
 import json
 from pathlib import Path
@@ -97,3 +97,26 @@ def crop_block_size(model, block_size: int) -> None:
         wpe.weight = torch.nn.Parameter(wpe.weight.data[:block_size].clone())
         wpe.num_embeddings = block_size
         model.config.block_size = block_size
+
+
+def grow_for_chat(model, tokenizer, seed: int) -> str | None:
+    """Chat data's tokenizer is a base model's plus the turn markers (chat.py), after its ids. Where the markers
+    have no rows in the model (a trained BPE's model; GPT-2's own 50,257 rows, init_from=gpt2; not nanoGPT's
+    padded 50,304, which have room), the tied wte/lm_head grows to `vocab_rows` with transformers'
+    resize_token_embeddings: the new rows are drawn around the mean of the existing ones (mean_resizing, with
+    1e-9 of their covariance, so all but equal to the mean), which leaves the model's next-token distribution
+    over the old ids almost unchanged. Returns a line saying so, or None where nothing grew (or where ids other
+    than the markers lie past the rows: the caller's vocabulary check then refuses the data). Seeded, so every
+    process grows the same rows."""
+    from ..chat import CHAT_TOKENS, vocab_rows
+
+    rows = model.config.vocab_size
+    beyond = set(range(rows, len(tokenizer)))
+    if not beyond or not beyond <= set(tokenizer.convert_tokens_to_ids(list(CHAT_TOKENS))):
+        return None
+    torch.manual_seed(seed)
+    model.resize_token_embeddings(vocab_rows(tokenizer, rows), mean_resizing=True)
+    return (
+        f"grew the embedding (wte, tied to lm_head) from {rows} to {model.config.vocab_size} rows for the chat "
+        f"format's turn markers {', '.join(CHAT_TOKENS)}; the new rows start at the mean of the existing ones"
+    )

@@ -12,8 +12,10 @@ import torch
 from .checkpoint import MODEL_TMP
 
 
-def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset_name) -> None:
-    """The Hugging Face model folder in out_dir: each file written beside and renamed into place."""
+def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset_name, chat: bool = False) -> None:
+    """The Hugging Face model folder in out_dir: each file written beside and renamed into place. `chat`: trained
+    on conversations (the tokenizer carries the chat template, the generation config stops at the end of a turn,
+    the card says how to talk to it)."""
     from transformers.utils import logging as hf_logging
 
     from ..conversion.nanogpt import TRAINING_CONFIG_FILE
@@ -45,7 +47,7 @@ def write_model(accelerator, model, cfg, tokenizer, history, base_model, dataset
         tmp,
         tokenizer,
         model_card=training_card(
-            cfg, unwrapped, history, base_model, dataset_name, png is not None, has_wpe_plot=wpe is not None
+            cfg, unwrapped, history, base_model, dataset_name, png is not None, has_wpe_plot=wpe is not None, chat=chat
         ),
         extra_files=extra,
         state_dict=state_dict,
@@ -113,10 +115,15 @@ def wpe_plot(wpe: torch.Tensor) -> bytes | None:
     return similarity_plot(wpe.detach().float().cpu())
 
 
-def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool, has_wpe_plot: bool = False) -> str:
+def training_card(
+    cfg, model, history, base_model, dataset_name, has_plot: bool, has_wpe_plot: bool = False, chat: bool = False
+) -> str:
     from ..model_card import (
+        CHAT_HEADING,
+        CHAT_TAGS,
         WPE_HEADING,
         base_model_id,
+        chat_text,
         field_table,
         hub_datasets,
         model_shape,
@@ -167,29 +174,38 @@ def training_card(cfg, model, history, base_model, dataset_name, has_plot: bool,
         "dtype",
     ]
     settings = {k: getattr(cfg, k) for k in names}
-    sections = {
+    model_ref = cfg.push_to_hub or cfg.out_dir
+    sections = {CHAT_HEADING: chat_text(model_ref)} if chat else {}
+    sections |= {
         "Training": field_table(settings, "setting"),
         "Losses": table(rows, ["iter", "train loss", "val loss", "val bpb"])
-        + "\n\nLoss in nats per token; bpb: the val loss in bits per byte of text, which compares across tokenizers."
+        + f"\n\nLoss in nats per token{' of the assistant' if chat else ''}; bpb: the val loss in bits per byte of "
+        + "text, which compares across tokenizers."
         + ("\n\n![loss curve](loss.png)" if has_plot else ""),
     }
     if has_wpe_plot:  # beside the loss curve: what the position embedding learned
         sections[WPE_HEADING] = wpe_plot_text()
+    shape = f"({model_shape(c.n_layer, c.n_head, c.n_embd, c.block_size)}, vocabulary {c.vocab_size})"
     return render_model_card(
-        title=f"{Path(cfg.out_dir).name}: a nanoGPT model trained with hf_nanogpt",
+        title=f"{Path(cfg.out_dir).name}: a nanoGPT {'chat ' if chat else ''}model trained with hf_nanogpt",
         summary=(
-            f"A GPT ({model_shape(c.n_layer, c.n_head, c.n_embd, c.block_size)}, vocabulary {c.vocab_size}) "
-            f"trained with "
-            f"hf_nanogpt's Accelerate trainer on {dataset_name}"
+            (
+                f"A chat model: a GPT {shape} {'fine-tuned' if base_model else 'trained'} with hf_nanogpt's "
+                f"Accelerate trainer on the conversations of {dataset_name}"
+                if chat
+                else f"A GPT {shape} trained with hf_nanogpt's Accelerate trainer on {dataset_name}"
+            )
             + (f", starting from {base_model}" if base_model else "")
+            + (", its loss on the assistant's tokens only (the other turns are context, not targets)" if chat else "")
             + (f". Best validation loss {min(h['val'] for h in history):.4f}" if history else "")
             + (f", best validation bits per byte {min(bpbs):.4f}" if bpbs else "")
             + "."
         ),
         sections=sections,
-        model_ref=cfg.push_to_hub or cfg.out_dir,
+        model_ref=model_ref,
         base_model=base_model_id(base_model),
         datasets=hub_datasets(cfg.dataset) if cfg.data_dir is None else None,
+        tags=CHAT_TAGS if chat else None,
     )
 
 
