@@ -151,11 +151,12 @@ def test_the_tokens_per_byte_line(tmp_path):
     text = "".join(f"Zorblax quaffed {i % 7} flurbish grommets; the snarkel glimmed.\n" for i in range(2_000))
     (tmp_path / "input.txt").write_text(text)
     val = text[int(len(text) * 0.9) :]
-    printed = {}
+    printed, per_byte = {}, {}
     for spec in ("bpe:400", "gpt2", "char"):
         lines = []
-        info = prepare(tmp_path / "input.txt", tmp_path / spec.replace(":", "_"), tokenizer=spec, log=lines.append)
-        printed[spec] = lines[-1]
+        out = tmp_path / spec.replace(":", "_")
+        info = prepare(tmp_path / "input.txt", out, tokenizer=spec, log=lines.append)
+        printed[spec], per_byte[spec] = lines[-1], info["val_tokens_per_byte"]
         assert info["bytes"] == {"train": int(len(text) * 0.9), "val": len(val)}  # ASCII: a byte a character
     number = r"(\d+\.\d{3})"
     match = re.fullmatch(
@@ -168,6 +169,20 @@ def test_the_tokens_per_byte_line(tmp_path):
     assert gpt2 == round(len(ordinary(gpt2_tokenizer(), val)) / len(val), 3)
     assert printed["gpt2"] == f"val: {gpt2:.3f} tokens/byte with gpt2; a char vocabulary would spend 1.000"
     assert printed["char"] == f"val: 1.000 tokens/byte with char; GPT-2 BPE would spend {gpt2:.3f}"
+    assert per_byte["char"]["gpt2"] == per_byte["bpe:400"]["gpt2"] == per_byte["gpt2"]["gpt2"]
+
+
+def test_gpt2s_figure_beside_char_level_is_gpt2s_own(tmp_path):
+    """Counted beside another tokenizer's encoding, GPT-2's tokens per byte are exactly what encoding with GPT-2
+    gives: char level, which may cut its text anywhere, cuts it where GPT-2 may too (not inside 'hello')."""
+    (tmp_path / "input.txt").write_text("hello world, " * 20_000 + "\n")
+    per_byte = {
+        spec: prepare(tmp_path / "input.txt", tmp_path / spec, tokenizer=spec, log=print, max_memory="16KB")[
+            "val_tokens_per_byte"
+        ]["gpt2"]
+        for spec in ("char", "gpt2")
+    }
+    assert per_byte["char"] == per_byte["gpt2"]
 
 
 def test_the_trainer_puts_the_trained_tokenizer_into_its_model_folder(tmp_path):

@@ -281,7 +281,9 @@ def prepare(
         bad, conversations, taught = BadRows(), dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
     else:
         encoder = Encoder(tok, tokenizer, dtype, count_gpt2=label != "gpt2")
-        work = pieces(route(src, val_fraction), cut_rule(tok), piece_chars)
+        # char level may cut anywhere; its GPT-2 count, of the same segments, needs cuts exact for GPT-2 too
+        rule = "newline" if cut_rule(tok) == "anywhere" else cut_rule(tok)
+        work = pieces(route(src, val_fraction), rule, piece_chars)
     started, tokens = time.perf_counter(), 0
     text_bytes, val_chars, val_gpt2 = dict.fromkeys(SPLITS, 0), 0, 0
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
