@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .chat import end_of_turn_id
 from .conversion.common import atomic_output_file
@@ -203,12 +203,19 @@ def held_out_report(
         nats += losses[mask].sum().item()
         tokens += int(mask.sum())
 
-        generation = GenerationConfig(
-            max_new_tokens=min(max_new_tokens, context - len(prompt)), do_sample=False, eos_token_id=eot,
+        prompt_ids = torch.tensor([prompt], device=model.device)
+        new = model.generate(
+            prompt_ids,
+            attention_mask=torch.ones_like(prompt_ids),
+            # a total length, as a folder's generation_config.json sets one (max_new_tokens beside it would warn)
+            max_length=min(len(prompt) + max_new_tokens, context),
+            max_new_tokens=None,
+            do_sample=False,
+            temperature=None,
+            top_k=None,
+            eos_token_id=eot,
             pad_token_id=pad,
         )
-        prompt_ids = torch.tensor([prompt], device=model.device)
-        new = model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), generation_config=generation)
         new = new[0, len(prompt):].tolist()
         reply = tokenizer.decode(new[: new.index(eot)] if eot in new else new, skip_special_tokens=True)
         ended += eot in new

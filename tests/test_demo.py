@@ -31,3 +31,33 @@ def test_demo_prepares_trains_saves_and_reloads(tmp_path, capsys):
     assert "final loss" in printed and "def " in printed
     model = AutoModelForCausalLM.from_pretrained(out_dir)
     assert model.config.n_layer == 2 and model.config.bias is False
+
+
+def test_chat_demo_from_the_standard_library_to_a_chat_model(tmp_path, capsys):
+    """python -m hf_nanogpt.chat_demo on a small budget: a BPE base model, the docstring conversations, the
+    fine-tune, and the held-out report before and after."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from hf_nanogpt import chat_demo
+    from hf_nanogpt.chat import CHAT_TOKENS, has_chat_format
+
+    root = tmp_path / "chat_demo"
+    result = chat_demo.main([
+        "--out_dir", str(root), "--max_chars", "300000", "--vocab", "400", "--n_layer", "1", "--n_head", "2",
+        "--n_embd", "32", "--block_size", "128", "--batch_size", "4", "--pretrain_iters", "40",
+        "--finetune_iters", "40", "--held_out", "6", "--max_new_tokens", "8",
+    ])
+    before, after = result["before"], result["after"]
+    assert before["conversations"] == after["conversations"] > 0
+    assert after["loss"] < before["loss"]  # fine-tuning taught the replies something
+    assert all(0 <= report[key] <= 1 for report in (before, after) for key in ("ends_turn", "exact"))
+    chat_dir = root / "chat"
+    tokenizer = AutoTokenizer.from_pretrained(chat_dir)
+    assert has_chat_format(tokenizer) and (chat_dir / "chat_template.jinja").is_file()
+    eos = json.loads((chat_dir / "generation_config.json").read_text())["eos_token_id"]
+    assert eos == [tokenizer.convert_tokens_to_ids(CHAT_TOKENS[1]), tokenizer.eos_token_id]
+    assert json.loads((root / "data_chat" / "data_info.json").read_text())["chat"] is True
+    printed = capsys.readouterr().out
+    assert "ends its turn" in printed and "hf-nanogpt chat" in printed
