@@ -257,10 +257,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_config(args, **values):
+def run_config(args, iters: int, **values):
+    """The demo's training settings for a run of `iters` iterations (warm-up, decay, evaluations scaled to it)."""
     from .train import TrainConfig
 
     settings = dict(
+        max_iters=iters,
+        lr_decay_iters=iters,
+        warmup_iters=max(iters // 20, 1),
+        eval_interval=max(iters // 4, 1),
         eval_iters=20,
         log_interval=10,
         always_save_checkpoint=False,
@@ -299,20 +304,16 @@ def main(argv=None) -> dict:
         corpus.write_text(stdlib_corpus(args.max_chars), encoding="utf-8")
         prepare(corpus, root / "data_stdlib", tokenizer=f"bpe:{args.vocab}", overwrite=True)
         base = str(root / "base")
-        iters = args.pretrain_iters
         train(
             run_config(
                 args,
+                args.pretrain_iters,
                 out_dir=base,
                 data_dir=str(root / "data_stdlib"),
                 dataset="python-stdlib",
                 n_layer=args.n_layer,
                 n_head=args.n_head,
                 n_embd=args.n_embd,
-                max_iters=iters,
-                lr_decay_iters=iters,
-                warmup_iters=max(iters // 20, 1),
-                eval_interval=max(iters // 4, 1),
             )
         )
 
@@ -330,20 +331,16 @@ def main(argv=None) -> dict:
     before = held_out_report(model, tokenizer, held_out, args.max_new_tokens)
 
     # 4. fine-tune: the loss on the assistant's tokens only (the data's mask)
-    iters = args.finetune_iters
     train(
         run_config(
             args,
+            args.finetune_iters,
             init_from=base,
             out_dir=str(root / "chat"),
             data_dir=str(root / "data_chat"),
             dataset="python-stdlib-docstring-conversations",
             learning_rate=3e-4,
             min_lr=3e-5,
-            max_iters=iters,
-            lr_decay_iters=iters,
-            warmup_iters=max(iters // 20, 1),
-            eval_interval=max(iters // 4, 1),
         )
     )
 
