@@ -302,6 +302,12 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.push_to_hub and main and stopped is None:
         push(cfg, "hf_nanogpt training run")
     accelerator.wait_for_everyone()
+    if world > 1:
+        # torch's gloo race at teardown: the barrier's work object is freed on a gloo thread, which needs the GIL
+        # to drop the Python tensors of earlier reduces it holds; if this thread meanwhile frees the DDP model and
+        # its process group (joining those threads with the GIL held), both wait forever (seen in CI: 2 of 3 runs
+        # hung after their last checkpoint). A moment without the GIL lets that thread finish first.
+        time.sleep(0.2)
     accelerator.end_training()
     return {
         "iter_num": iter_num,

@@ -209,7 +209,12 @@ def test_unsupported_gpt2_settings(tmp_path):
 
 
 def test_hub_id_without_network_says_how_to_pass_a_folder(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    # offline as HF_HUB_OFFLINE=1 makes it; huggingface_hub read the variable at import, so its constant is set
+    # too (otherwise this would ask the test session's local Hub, when an earlier test has started it)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     with pytest.raises(ConversionError, match=r"Could not download 'gpt2-medium'.*pass the local folder"):
         convert_gpt2("gpt2-medium", tmp_path / "out")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import (
     FIXTURES,
@@ -119,18 +119,23 @@ def test_ddp_on_two_processes_follows_one_process_with_twice_the_batch(runs, cha
     assert model.lm_head.weight is model.transformer.wte.weight
 
 
-def test_ddp_on_conversations_follows_one_process_with_twice_the_batch(tmp_path):
+def test_ddp_and_fsdp_on_conversations_follow_one_process_with_twice_the_batch(tmp_path):
     """Chat data counts the assistant's targets only, a different number in each micro-batch of each process (some
     none): every process counts the whole iteration's from the windows all share, so 2 processes x 2 micro-steps
-    x batch 2 still follow 1 process x 2 x batch 4."""
+    x batch 2 still follow 1 process x 2 x batch 4, under DDP and under FSDP."""
     text = (FIXTURES / "shakespeare_char" / "input_head.txt").read_text().splitlines()
     data = write_chat_data(tmp_path / "chat", trained_bpe(text, 300), conversations(300))
     common = dict(max_iters=6, lr_decay_iters=6, eval_interval=6, eval_iters=3)
     one = tiny(data, tmp_path / "one", batch_size=4, gradient_accumulation_steps=2, **common)
     two = tiny(data, tmp_path / "two", batch_size=2, gradient_accumulation_steps=4, **common)
+    fsdp = tiny(data, tmp_path / "fsdp", batch_size=2, gradient_accumulation_steps=4, **common)
     train(one)
     assert "(MULTI_CPU)" in launch("cpu_2proc.yaml", two)
     assert_losses_close(step_losses(tmp_path / "one"), step_losses(tmp_path / "two"))
+    assert "(FSDP)" in launch("fsdp_cpu_2proc.yaml", fsdp)  # sharded, the same counting
+    assert_losses_close(step_losses(tmp_path / "one"), step_losses(tmp_path / "fsdp"))
+    folder = AutoTokenizer.from_pretrained(tmp_path / "fsdp")
+    assert folder.chat_template is not None  # FSDP's model folder is a chat model too
 
 
 def test_fsdp_on_two_cpu_processes_matches_ddp_and_one_process(runs):
