@@ -72,7 +72,7 @@ def train(cfg: TrainConfig) -> dict:
     """Run training as `cfg` says; returns {"iter_num", "best_val_loss", "history", "out_dir", "stopped"}."""
     from accelerate.utils import set_seed
 
-    from .data.tokens import IGNORE_INDEX, TokenData
+    from .data.tokens import TokenData
     from .saving import check_apart
 
     # -- everything that can be wrong with the input, before any work
@@ -221,20 +221,21 @@ def train(cfg: TrainConfig) -> dict:
 
             # forward, backward, update; gradients are synchronised on the last micro-step only. The loss is the
             # mean over all the iteration's counted targets (every target but chat data's -100s): every process
-            # draws every process's windows (one generator) and counts them, and each micro-batch's loss is its
-            # nats over the count per process (DDP averages the processes' gradients), so the gradients accumulate
-            # to the mean's. At least 1: an iteration that counts none (small chat batches) has no gradient, and the
-            # optimizers step as on any zero gradient (momentum alone).
-            batches = [
-                data.random_batch("train", cfg.block_size, world * cfg.batch_size, train_gen)
+            # draws every process's window starts (one generator) and counts their targets, and each micro-batch's
+            # loss is its nats over the count per process (DDP averages the processes' gradients), so the gradients
+            # accumulate to the mean's. At least 1: an iteration that counts none (small chat batches) has no
+            # gradient, and the optimizers step as on any zero gradient (momentum alone).
+            starts = [
+                data.random_starts("train", cfg.block_size, world * cfg.batch_size, train_gen)
                 for _ in range(grad_accum)
             ]
-            counted = sum(int((y != IGNORE_INDEX).sum()) for _, y in batches)
+            counted = sum(data.counted_targets("train", s, cfg.block_size) for s in starts)
             per_process = torch.tensor(max(counted, 1) / world, device=accelerator.device)
             mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)  # this process's share of the windows
             loss_sum = torch.zeros((), device=accelerator.device)
-            for micro_step, (x, y) in enumerate(batches):
-                x, y = (t[mine].to(accelerator.device, non_blocking=True) for t in (x, y))
+            for micro_step, step_starts in enumerate(starts):
+                x, y = data.windows("train", step_starts[mine], cfg.block_size)  # only this process's windows
+                x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
                 last = micro_step == grad_accum - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     loss = model(x, shift_labels=y, num_items_in_batch=per_process).loss  # prepare(): under autocast

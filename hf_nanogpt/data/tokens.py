@@ -131,29 +131,47 @@ class TokenData:
                 )
                 raise ValueError(f"{where} holds {longest} tokens: too few for block_size {block_size}.")
 
-    def windows(self, split: str, starts: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """nanoGPT's get_batch for given window starts (token offsets, for one array; numbers over all the
-        split's window starts, for shards): x = ids[i : i+T], y = ids[i+1 : i+1+T]; with masks, y is -100
-        wherever its token's mask is 0."""
+    def locate(self, split: str, starts: torch.Tensor, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Window starts (token offsets, for one array; numbers over all the split's window starts, for shards)
+        as (the array each falls in, the offset in it)."""
         counts = self.window_counts(split, block_size)
         ends = np.cumsum(counts)
         starts = starts.numpy()
         which = (
             np.searchsorted(ends, starts, side="right") if len(counts) > 1 else np.zeros(len(starts), dtype=np.int64)
         )
-        offsets = starts - (ends - counts)[which]
+        return which, starts - (ends - counts)[which]
+
+    def windows(self, split: str, starts: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """nanoGPT's get_batch for given window starts (`locate`): x = ids[i : i+T], y = ids[i+1 : i+1+T]; with
+        masks, y is -100 wherever its token's mask is 0."""
+        which, offsets = self.locate(split, starts, block_size)
         # one gather per array: rows of block_size + 1 ids, then x and y as the two overlapping views
-        rows = np.empty((len(starts), block_size + 1), dtype=np.int64)
-        taught = np.empty((len(starts), block_size), dtype=np.uint8) if self.masks else None  # y's mask
+        rows = np.empty((len(which), block_size + 1), dtype=np.int64)
+        taught = self.target_masks(split, which, offsets, block_size)  # y's mask
         for i in np.unique(which):
             chosen = which == i
             rows[chosen] = self.shards[split][i][offsets[chosen, None] + np.arange(block_size + 1)]
-            if taught is not None:
-                taught[chosen] = self.masks[split][i][offsets[chosen, None] + np.arange(1, block_size + 1)]
         x, y = rows[:, :-1].copy(), rows[:, 1:].copy()
         if taught is not None:
             y[taught == 0] = IGNORE_INDEX
         return torch.from_numpy(x), torch.from_numpy(y)
+
+    def target_masks(self, split: str, which: np.ndarray, offsets: np.ndarray, block_size: int) -> np.ndarray | None:
+        """The masks of located windows' targets (len, block_size): mask[i+1 : i+1+T]; None without masks."""
+        if not self.masks:
+            return None
+        taught = np.empty((len(which), block_size), dtype=np.uint8)
+        for i in np.unique(which):
+            chosen = which == i
+            taught[chosen] = self.masks[split][i][offsets[chosen, None] + np.arange(1, block_size + 1)]
+        return taught
+
+    def counted_targets(self, split: str, starts: torch.Tensor, block_size: int) -> int:
+        """How many of these windows' targets a loss counts: every one, or for conversations those of mask 1
+        (the targets `windows` does not give as -100); reads the masks only, not the ids."""
+        taught = self.target_masks(split, *self.locate(split, starts, block_size), block_size)
+        return len(starts) * block_size if taught is None else int(np.count_nonzero(taught))
 
     def random_starts(self, split: str, block_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
         """`count` window starts drawn uniformly over all of the split's windows."""

@@ -30,7 +30,7 @@ def check_counted_targets(data, windows: dict[str, list[torch.Tensor]], block_si
     if not data.chat:
         return
     for split, batches in windows.items():
-        if not any((data.windows(split, starts, block_size)[1] != IGNORE_INDEX).any() for starts in batches):
+        if not any(data.counted_targets(split, starts, block_size) for starts in batches):
             raise ValueError(
                 f"{data.dir}: the {split} split's evaluation windows ({len(batches)} batches of {len(batches[0])}, "
                 f"block_size {block_size}) hold no assistant token, so there is no loss to measure; raise "
