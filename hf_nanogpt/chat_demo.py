@@ -39,6 +39,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .chat import end_of_turn_id
 from .conversion.common import atomic_output_file
+from .data.tokens import IGNORE_INDEX
+from .training.evaluation import token_losses
 
 SYSTEM = "You answer questions about Python's standard library in one sentence."
 MODULES = (
@@ -197,11 +199,10 @@ def held_out_report(
             skipped += 1
             continue
         ids = torch.tensor([full["input_ids"]], device=model.device)  # (1, T)
-        mask = torch.tensor(full["assistant_masks"][1:], device=model.device, dtype=torch.bool)  # (T-1,) targets
-        logits = model(ids, use_cache=False).logits[0, :-1].float()  # (T-1, vocab): position t predicts t+1
-        losses = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
-        nats += losses[mask].sum().item()
-        tokens += int(mask.sum())
+        taught = torch.tensor([full["assistant_masks"]], device=model.device, dtype=torch.bool)  # (1, T)
+        targets = ids[:, 1:].masked_fill(~taught[:, 1:], IGNORE_INDEX)  # the assistant's tokens only, as training
+        nats += token_losses(model, ids[:, :-1], targets)[1].sum().item()
+        tokens += int(taught[:, 1:].sum())
 
         prompt_ids = torch.tensor([prompt], device=model.device)
         new = model.generate(

@@ -141,8 +141,9 @@ def train_bpe(src: Source, vocab_size: int, val_fraction: float, num_threads: in
             if split == "train":
                 for text in segments(blocks, SEGMENT_CHARS, "newline"):
                     yield text
-                    read += utf8_bytes(text)
-                    bar.update(utf8_bytes(text))
+                    size = utf8_bytes(text)
+                    read += size
+                    bar.update(size)
         bar.total = read  # the count is done; tokenizers now computes the merges
         bar.set_postfix_str("computing merges")
 
@@ -282,8 +283,8 @@ def prepare(
     else:
         encoder = Encoder(tok, tokenizer, dtype, count_gpt2=label != "gpt2")
         # char level may cut anywhere; its GPT-2 count, of the same segments, needs cuts exact for GPT-2 too
-        rule = "newline" if cut_rule(tok) == "anywhere" else cut_rule(tok)
-        work = pieces(route(src, val_fraction), rule, piece_chars)
+        rule = cut_rule(tok)
+        work = pieces(route(src, val_fraction), "newline" if rule == "anywhere" else rule, piece_chars)
     started, tokens = time.perf_counter(), 0
     text_bytes, val_chars, val_gpt2 = dict.fromkeys(SPLITS, 0), 0, 0
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
@@ -325,10 +326,6 @@ def prepare(
                     f"A row's {messages_column!r} is a list of {{\"role\": ..., \"content\": ...}}, roles "
                     f"{', '.join(ROLES)}, with at least one assistant turn (docs/chat.md)."
                 )
-        val_tokens = {label: counts["val"]}  # the tokens written, then the others' (GPT-2's counted unless it wrote)
-        val_tokens.setdefault("gpt2", val_gpt2)
-        val_tokens.setdefault("char", val_chars)
-        val_bytes = text_bytes["val"]
         info = {
             "dtype": dtype.name,
             "vocab_size": len(tok),
@@ -339,6 +336,11 @@ def prepare(
         # of conversations, tokens per byte would count the template's markers and role names against the
         # contents' bytes, and a char vocabulary (one of those it compares with) cannot write one: not measured
         if not src.chat:
+            # the tokens written, then the others' (GPT-2's counted unless it wrote them)
+            val_tokens = {label: counts["val"]}
+            val_tokens.setdefault("gpt2", val_gpt2)
+            val_tokens.setdefault("char", val_chars)
+            val_bytes = text_bytes["val"]
             info["val_tokens_per_byte"] = {name: n / val_bytes for name, n in val_tokens.items()} if val_bytes else {}
         if src.chat:
             info.update(
