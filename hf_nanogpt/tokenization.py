@@ -308,6 +308,24 @@ def is_byte_level(tokenizer: PreTrainedTokenizerBase) -> bool:
     return byte_level(spec.get("pre_tokenizer")) or byte_level(spec.get("decoder"))
 
 
+def is_gpt2_bpe(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """A byte-level BPE with GPT-2's pre-tokenizer (the regex, no prefix space) and no normalizer, as GPT-2's own
+    and `train_bpe_tokenizer`'s are: a text may be cut before a newline (prepare's `newline_cut`), and llama.cpp's
+    "gpt-2" pre-tokenizer reproduces it (GGUF export)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    spec = json.loads(backend.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    return (
+        spec["model"]["type"] == "BPE"
+        and pre.get("type") == "ByteLevel"
+        and pre.get("use_regex", True)
+        and not pre.get("add_prefix_space")
+        and spec.get("normalizer") is None
+    )
+
+
 def token_byte_lengths(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> torch.Tensor:
     """How many bytes of UTF-8 text each id stands for: int64, shape (vocab_size,).
 
@@ -341,6 +359,7 @@ __all__ = [
     "eot_id",
     "gpt2_tokenizer",
     "gpt2_vocab",
+    "is_gpt2_bpe",
     "is_gpt2_vocab",
     "load_tokenizer",
     "read_meta_pkl",

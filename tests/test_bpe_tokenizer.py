@@ -13,11 +13,10 @@ from transformers import AutoTokenizer, pipeline
 
 from helpers import BLOCK_HF_NANOGPT, FIXTURES, tiny
 from hf_nanogpt import cli
-from hf_nanogpt.conversion.gguf import is_gpt2_bpe
 from hf_nanogpt.data.encoding import cut_rule
 from hf_nanogpt.data.tokens import TokenData
 from hf_nanogpt.data.writing import prepare
-from hf_nanogpt.tokenization import GPT2_EOS, gpt2_tokenizer, load_tokenizer, train_bpe_tokenizer
+from hf_nanogpt.tokenization import GPT2_EOS, gpt2_tokenizer, is_gpt2_bpe, load_tokenizer, train_bpe_tokenizer
 from hf_nanogpt.train import train
 
 SHAKESPEARE = (FIXTURES / "shakespeare_char" / "input_head.txt").read_text(encoding="utf-8")  # 100,000 characters

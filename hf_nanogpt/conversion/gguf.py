@@ -22,7 +22,6 @@ writer (the `gguf` package):
   warning with how far that moves its logits on the probe batch.
 """
 
-import json
 import math
 import os
 import re
@@ -41,7 +40,7 @@ from hf_nanogpt.conversion.common import (
     use_tanh_gelu,
 )
 from hf_nanogpt.conversion.gpt2 import resolve_source
-from hf_nanogpt.tokenization import char_vocab, eot_id, is_gpt2_vocab
+from hf_nanogpt.tokenization import char_vocab, eot_id, is_gpt2_bpe, is_gpt2_vocab
 
 ARCH = "gpt2"  # llama.cpp's LLM_ARCH_GPT2
 # our module -> llama.cpp's tensor (gguf-py's TENSOR_NAMES for MODEL_ARCH.GPT2); ".weight" and ".bias" follow
@@ -122,23 +121,6 @@ def ggml_type(name: str, tensor: torch.Tensor, outtype: str, gguf):
 
 # ---------------------------------------------------------------------------------------------------
 # tokenizer
-
-
-def is_gpt2_bpe(tokenizer) -> bool:
-    """A byte-level BPE with GPT-2's pre-tokenizer (the regex, no prefix space) and no normalizer:
-    what llama.cpp's "gpt-2" pre-tokenizer reproduces."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return False
-    spec = json.loads(backend.to_str())
-    pre = spec.get("pre_tokenizer") or {}
-    return (
-        spec["model"]["type"] == "BPE"
-        and pre.get("type") == "ByteLevel"
-        and pre.get("use_regex", True)
-        and not pre.get("add_prefix_space")
-        and spec.get("normalizer") is None
-    )
 
 
 def token_list(

@@ -6,7 +6,6 @@ The environment's say over tokenizers' own threads is set here too: off while wo
 """
 
 import contextlib
-import json
 import multiprocessing
 import os
 import sys
@@ -24,6 +23,7 @@ from ..tokenization import (
     eot_id,
     gpt2_tokenizer,
     gpt2_vocab,
+    is_gpt2_bpe,
 )
 
 # text encoded in one call: tokenizers is fastest on pieces of 10-20k characters (BENCHMARKS.md)
@@ -39,10 +39,7 @@ def cut_rule(tokenizer) -> str:
     (GPT-2's byte-level BPE, see `newline_cut`), or "whole" (any other tokenizer: documents are encoded whole)."""
     if char_vocab(tokenizer) is not None:
         return "anywhere"
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    pre = spec.get("pre_tokenizer") or {}
-    gpt2_like = pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")
-    return "newline" if gpt2_like and spec.get("normalizer") is None else "whole"
+    return "newline" if is_gpt2_bpe(tokenizer) else "whole"
 
 
 def newline_cut(text: str, lo: int, target: int, scanned: int) -> int | None:
