@@ -57,14 +57,22 @@ def load_model_and_tokenizer(model_id: str, device: str = "cpu", dtype: str = "a
     return model.to(device).eval(), tokenizer
 
 
+def load_for_decoding(args: argparse.Namespace):
+    """MODEL as the decoding commands (generate, sample, chat) load it: `load_model_and_tokenizer` from their
+    loading options, with decoding's fastest CPU products attached (F.linear elsewhere)."""
+    from .cpu_decode import attach_cpu_decode
+
+    model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
+    attach_cpu_decode(model)
+    return model, tokenizer
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
-    from .cpu_decode import attach_cpu_decode
     from .tokenization import encode_text
 
-    model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
-    attach_cpu_decode(model)  # decoding's fastest CPU products (F.linear elsewhere)
+    model, tokenizer = load_for_decoding(args)
     input_ids = torch.tensor([encode_text(tokenizer, args.prompt, "--prompt")], dtype=torch.long, device=args.device)
     if input_ids.shape[1] == 0:
         raise ValueError("the prompt encodes to no tokens; pass a non-empty --prompt.")
@@ -107,11 +115,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .cpu_decode import attach_cpu_decode
     from .sampling import sample
 
-    model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
-    attach_cpu_decode(model)  # decoding's fastest CPU products (F.linear elsewhere)
+    model, tokenizer = load_for_decoding(args)
     sample(
         model,
         tokenizer,
@@ -129,11 +135,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from .chat_cli import chat, require_chat_template
-    from .cpu_decode import attach_cpu_decode
 
-    model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype, args.trust_remote_code)
+    model, tokenizer = load_for_decoding(args)
     require_chat_template(tokenizer, args.model)
-    attach_cpu_decode(model)  # decoding's fastest CPU products (F.linear elsewhere)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     try:
