@@ -14,6 +14,7 @@ This file is also the remote code saved next to the weights: it imports only tor
 its sibling configuration file, and it runs on whatever transformers 5.x release the loading side has.
 """
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -39,11 +40,29 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_nanogpt import ACTIVATIONS, NanoGPTConfig
 
+try:  # continuous batching (generate_batch, `transformers serve`, `hf-nanogpt serve`) hands the model this cache
+    from transformers.generation.continuous_batching.cache import PagedAttentionCache
+except ImportError:  # a release without continuous batching
+    PagedAttentionCache = None
+
 # transformers 5.24 renamed the KV cache from `past_key_values` to `cache`: the argument generate() passes to
 # forward, the argument of create_causal_mask and the field of the output classes (the old name is deprecated,
 # to be removed in 5.40). Remote code runs on whatever release the user has, so forward accepts either name and
 # passes the cache on, and returns it, under the name of the release that runs it.
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+# Continuous batching packs every request's new tokens into one row (batch 1) and keeps their keys and values in a
+# PagedAttentionCache, with the read/write indices and the 4-D mask it prepared passed as keyword arguments. Which
+# side writes the cache moved between releases, and the model follows the release it runs on, as Llama there does:
+# later releases have the model call `cache.update(k, v, layer_idx, kwargs=kwargs)` like any cache; earlier ones
+# (5.18 ...) left it to the paged attention function, which takes the cache from its `cache` keyword argument.
+PAGED_UPDATE_IN_MODEL = (
+    PagedAttentionCache is not None and "kwargs" in inspect.signature(PagedAttentionCache.update).parameters
+)
+
+
+def is_paged(cache) -> bool:
+    return PagedAttentionCache is not None and isinstance(cache, PagedAttentionCache)
 
 # Auto class -> our class: registered by `import hf_nanogpt`, and written as the `auto_map` of every saved folder,
 # so that a causal LM folder also loads as a classifier through remote code (the heads start from its trunk)
@@ -101,11 +120,17 @@ class CausalSelfAttention(nn.Module):
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden_states.shape  # batch size, sequence length, embedding dimensionality (n_embd)
-        # q, k, v for all heads at once; the split is a view, no copy
-        qkv = self.c_attn(hidden_states).view(B, T, 3, self.n_head, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+        # q, k, v for all heads at once, split as nanoGPT does (views, no copy). Written as split((C, C, C), dim=-1):
+        # the form vLLM's packed-QKV fuser recognises to shard c_attn's three parts for tensor parallelism
+        q, k, v = self.c_attn(hidden_states).split((C, C, C), dim=-1)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
 
-        if cache is not None:
+        if is_paged(cache):
+            if PAGED_UPDATE_IN_MODEL:  # reads the indices from kwargs, and picks this layer's entries into it
+                k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
+            else:  # the release's paged attention function writes and reads the cache
+                kwargs["cache"] = cache
+        elif cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (B, nh, S, hs), S = cached + T
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -231,7 +256,8 @@ class NanoGPTModel(NanoGPTPreTrainedModel):
                 f"{block_size}: nanoGPT has no position embedding past it. Shorten the prompt (it can be cut "
                 f"from the left) or lower max_new_tokens."
             )
-        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[-1] != total:
+        two_d = isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2  # continuous batching: 4-D
+        if two_d and attention_mask.shape[-1] != total:
             raise ValueError(
                 f"attention_mask covers {attention_mask.shape[-1]} tokens, but the KV cache holds {past_length} "
                 f"and the input has {length}: a 2-D mask covers the cached and the new tokens. If generate() "
@@ -280,7 +306,8 @@ class NanoGPTModel(NanoGPTPreTrainedModel):
             cache = None
 
         t = input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1]
-        past_length = cache.get_seq_length() if cache is not None else 0
+        paged = is_paged(cache)  # continuous batching: one packed row, positions and mask given (see is_paged)
+        past_length = cache.get_seq_length() if cache is not None and not paged else 0
         given_position_ids = position_ids
         if position_ids is None:
             device = input_ids.device if input_ids is not None else inputs_embeds.device
@@ -295,7 +322,7 @@ class NanoGPTModel(NanoGPTPreTrainedModel):
         pos_emb = self.wpe(position_ids)  # position embeddings of shape (b or 1, t, n_embd)
         hidden_states = self.drop(inputs_embeds + pos_emb)
 
-        causal_mask = create_causal_mask(
+        causal_mask = attention_mask if paged else create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -317,7 +344,7 @@ def one_cache(cache: Cache | None, past_key_values: Cache | None, kwargs: dict) 
     if cache is not None and past_key_values is not None and cache is not past_key_values:
         raise ValueError("Got two KV caches, `cache` and `past_key_values`: pass one (they are the same argument).")
     cache = cache if cache is not None else past_key_values
-    if cache is not None and not isinstance(cache, Cache):
+    if cache is not None and not isinstance(cache, Cache) and not is_paged(cache):
         raise TypeError(
             f"The KV cache must be a transformers Cache (DynamicCache, StaticCache, ...), got {type(cache).__name__}: "
             f"transformers 5 no longer takes tuples of tensors."

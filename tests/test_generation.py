@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, StaticCache, pipeline
+from transformers import AutoModelForCausalLM, DynamicCache, GenerationConfig, StaticCache, pipeline
 
 from helpers import tiny_model
 from hf_nanogpt.modeling_nanogpt import CACHE_NAME
@@ -135,6 +135,37 @@ def test_left_padded_batch_gives_each_rows_tokens(attn):
     for row, p in enumerate(prompts):
         alone = model.generate(p[None], max_new_tokens=15, do_sample=False, pad_token_id=pad)
         assert batch[row, width:].tolist() == alone[0, len(p) :].tolist()
+
+
+def requests_in_order(outputs: dict) -> list:
+    """generate_batch's outputs (request id -> GenerationOutput) in the order the prompts were given."""
+    return [outputs[rid].generated_tokens for rid in sorted(outputs, key=lambda rid: int(rid.rsplit("_", 1)[1]))]
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_continuous_batching_gives_each_prompts_greedy_tokens(attn):
+    """generate_batch (paged KV cache, all requests packed into one row) against generate() on each prompt alone."""
+    model = tiny_model(seed=23, initializer_range=0.5, attn_implementation=attn)
+    g = torch.Generator().manual_seed(24)
+    prompts = [torch.randint(1, 96, (n,), generator=g).tolist() for n in (3, 14, 1, 9, 5)]
+    config = GenerationConfig(max_new_tokens=16, do_sample=False, pad_token_id=0, eos_token_id=-1)
+    batched = requests_in_order(model.generate_batch(prompts, generation_config=config))
+    for prompt, tokens in zip(prompts, batched):
+        alone = model.generate(torch.tensor([prompt]), generation_config=config)[0, len(prompt) :].tolist()
+        assert tokens == alone
+    assert model.config._attn_implementation == attn  # generate_batch switched it for its run and back
+
+
+def test_continuous_batching_sampling_is_seeded():
+    model = tiny_model(seed=23, initializer_range=0.5)
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13]]
+    config = GenerationConfig(max_new_tokens=24, do_sample=True, top_k=50, temperature=1.5, eos_token_id=-1)
+    runs = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(seed)
+        runs.append(requests_in_order(model.generate_batch(prompts, generation_config=config)))
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    assert all(len(tokens) == 24 for tokens in runs[0])
 
 
 def test_generation_config_fits_block_size_and_suppresses_padded_vocab(gpt2_tok):

@@ -1,6 +1,7 @@
 """Remote code across transformers releases: a folder saved under one release loads with
 trust_remote_code=True under another, in a process where hf_nanogpt cannot be imported, and generates
-nanoGPT's own greedy tokens and the same pipeline text as the package does.
+nanoGPT's own greedy tokens (through generate() and through continuous batching, generate_batch) and the same
+pipeline text as the package does.
 
 The other release is the Python in HF_NANOGPT_OTHER_PYTHON (`.ci/run` and `make test-versions` pass
 the floor's and the newest release's virtualenvs to each other); without it, this Python on both sides.
@@ -43,6 +44,7 @@ SAVE = textwrap.dedent(
 
 LOAD = BLOCK_HF_NANOGPT + textwrap.dedent(
     """
+    import copy
     import json
     import torch
     import transformers
@@ -53,6 +55,10 @@ LOAD = BLOCK_HF_NANOGPT + textwrap.dedent(
         prompt = torch.tensor([prompt_ids])
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True)
         cached, uncached = model.generate(prompt, **kwargs), model.generate(prompt, use_cache=False, **kwargs)
+        # continuous batching (paged KV cache): the prompt beside a shorter one, each request's own tokens
+        config = copy.deepcopy(model.generation_config)
+        config.update(do_sample=False, max_new_tokens=max_new_tokens)
+        batched = model.generate_batch([prompt_ids, prompt_ids[:3]], generation_config=config)
         pipe = pipeline(
             "text-generation", model=model, tokenizer=AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
         )
@@ -60,6 +66,7 @@ LOAD = BLOCK_HF_NANOGPT + textwrap.dedent(
             "module": type(model).__module__,
             "new_ids": cached.sequences[0, len(prompt_ids):].tolist(),
             "uncached_new_ids": uncached.sequences[0, len(prompt_ids):].tolist(),
+            "batched_new_ids": [output.generated_tokens for output in batched.values()],
             "max_logit_diff": max((a - b).abs().max().item() for a, b in zip(cached.logits, uncached.logits)),
             "pipeline": pipe("ROMEO:", max_new_tokens=%d, do_sample=False)[0]["generated_text"],
         }
@@ -96,6 +103,7 @@ def test_folder_saved_by_one_release_runs_as_remote_code_on_another(saver, loade
         remote = loaded[folder]
         assert remote["module"].startswith("transformers_modules"), remote["module"]
         assert remote["new_ids"] == remote["uncached_new_ids"] == greedy[name]["new_ids"], name  # nanoGPT's own tokens
+        assert greedy[name]["new_ids"] in remote["batched_new_ids"], name  # generate_batch, continuous batching
         assert remote["max_logit_diff"] <= 1e-5, name
         # the package itself, on this process's release, writes the same text from the same folder
         pipe = pipeline("text-generation", model=AutoModelForCausalLM.from_pretrained(folder), tokenizer=folder)
