@@ -101,6 +101,7 @@ class CausalSelfAttention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.n_head = config.n_head
+        self.n_embd = config.n_embd
         self.head_dim = config.n_embd // config.n_head
         self.scaling = self.head_dim**-0.5
         self.is_causal = True
@@ -120,10 +121,11 @@ class CausalSelfAttention(nn.Module):
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden_states.shape  # batch size, sequence length, embedding dimensionality (n_embd)
-        # q, k, v for all heads at once, split as nanoGPT does (views, no copy). Written as split((C, C, C), dim=-1):
-        # the form vLLM's packed-QKV fuser recognises to shard c_attn's three parts for tensor parallelism
-        q, k, v = self.c_attn(hidden_states).split((C, C, C), dim=-1)
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        # q, k, v for all heads at once, split as nanoGPT does (views, no copy). Written for vLLM's packed-QKV fuser,
+        # which shards c_attn by heads for tensor parallelism: it traces the sizes as a literal 3-tuple of ints (C
+        # from .shape is not one) and rewrites them to one rank's share, so the views take that rank's heads (-1)
+        q, k, v = self.c_attn(hidden_states).split((self.n_embd, self.n_embd, self.n_embd), dim=-1)
+        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
 
         if is_paged(cache):
             if PAGED_UPDATE_IN_MODEL:  # reads the indices from kwargs, and picks this layer's entries into it
@@ -146,7 +148,7 @@ class CausalSelfAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )  # y: (B, T, nh, hs)
-        y = y.reshape(B, T, C)  # re-assemble all head outputs side by side
+        y = y.reshape(B, T, -1)  # re-assemble all head outputs side by side: (B, T, C)
         y = self.resid_dropout(self.c_proj(y))
         return y, att
 

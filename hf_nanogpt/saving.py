@@ -11,9 +11,18 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .chat import end_of_turn_id, has_chat_format
+
+# generation_config's suppress_tokens as a logit bias (0, and -inf on those ids) under the name `lm_head.bias`, for
+# servers that read every *.safetensors file of a folder and take an lm_head.bias as the output bias: vLLM's
+# Transformers backend (0.32) honours no suppress_tokens but adds that bias, so it never emits a padded id either.
+# transformers reads model.safetensors only (the model and its state dict stay nanoGPT's), and llama.cpp's converter
+# reads model*.safetensors only: hence a name that does not start with "model".
+SUPPRESS_BIAS_FILE = "suppress_tokens_bias.safetensors"
 
 
 def check_apart(
@@ -112,6 +121,17 @@ def generation_config_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     return gen
 
 
+def suppress_tokens_bias(generation_config: GenerationConfig, vocab_size: int) -> torch.Tensor | None:
+    """The (vocab_size,) logit bias of SUPPRESS_BIAS_FILE: -inf on generation_config.suppress_tokens, 0 elsewhere;
+    None when nothing is suppressed."""
+    suppress = generation_config.suppress_tokens
+    if not suppress:
+        return None
+    bias = torch.zeros(vocab_size)
+    bias[[i for i in suppress if 0 <= i < vocab_size]] = float("-inf")
+    return bias
+
+
 def write_model_folder(
     model: PreTrainedModel,
     folder: str | os.PathLike,
@@ -121,8 +141,9 @@ def write_model_folder(
     extra_files: dict[str, str | bytes] | None = None,
     state_dict: dict | None = None,
 ) -> Path:
-    """Write `model` (safetensors, config, remote code), its tokenizer, generation config, model card
-    and `extra_files` (name -> text or bytes) into `folder` (not atomic: see `save_model_folder`).
+    """Write `model` (safetensors, config, remote code), its tokenizer, generation config (its suppress_tokens also
+    as SUPPRESS_BIAS_FILE, for vLLM), model card and `extra_files` (name -> text or bytes) into `folder` (not atomic:
+    see `save_model_folder`).
     Special token ids are copied from the tokenizer into the model config, and the tokenizer's
     model_max_length becomes block_size (so truncation in pipelines, Trainer and TRL fits the model).
     `state_dict` replaces the model's own (a sharded model's gathered weights)."""
@@ -135,6 +156,11 @@ def write_model_folder(
             model.config.pad_token_id = model.config.eos_token_id
     model.generation_config = generation_config or generation_config_for(model, tokenizer)
     model.save_pretrained(folder, state_dict=state_dict)
+    bias = suppress_tokens_bias(model.generation_config, model.config.vocab_size)
+    if bias is not None:
+        save_file({"lm_head.bias": bias}, folder / SUPPRESS_BIAS_FILE)
+    elif (folder / SUPPRESS_BIAS_FILE).exists():  # left by an earlier write of this folder
+        (folder / SUPPRESS_BIAS_FILE).unlink()
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     if model_card is not None:
@@ -163,10 +189,12 @@ def save_model_folder(
 
 
 __all__ = [
+    "SUPPRESS_BIAS_FILE",
     "atomic_output_dir",
     "check_apart",
     "umask_modes",
     "generation_config_for",
     "save_model_folder",
+    "suppress_tokens_bias",
     "write_model_folder",
 ]
