@@ -26,7 +26,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from helpers import FIXTURES, NANOGPT_FIXTURES, tiny_model, trained_bpe
 from hf_nanogpt import NanoGPTForCausalLM, cli
 from hf_nanogpt.conversion.common import ConversionError, probe_batch
-from hf_nanogpt.conversion.gguf import TENSOR_MAP, export_gguf, llama_cpp_perplexity
+from hf_nanogpt.conversion.gguf import OUTTYPES, TENSOR_MAP, export_gguf, llama_cpp_perplexity
 from hf_nanogpt.saving import save_model_folder
 from hf_nanogpt.tokenization import GPT2_BPE_DIR, char_tokenizer, gpt2_tokenizer
 
@@ -186,6 +186,107 @@ def test_f16_and_bf16_round_the_2d_weights_and_keep_the_rest_f32(small_folder, t
     assert meta["general.file_type"] == file_type
 
 
+# type -> (steps in a block's largest |value|, steps a value can be off): Q8_0 rounds to the nearest of 127
+# steps; Q5_0 and Q4_0 (steps of amax/16, amax/8) truncate x/d + 16.5 (8.5) and clip at 31 (15), so a value of
+# sign opposite to the block's extreme can lose a whole step
+QUANT_STEPS = {"Q8_0": (127, 0.5), "Q5_0": (16, 1.0), "Q4_0": (8, 1.0)}
+
+
+def quant_error_bound(qtype: str, amax: np.ndarray) -> np.ndarray:
+    """The largest |dequantized - ours| in blocks of largest |value| amax: the steps lost, plus the step d
+    rounded to f16 (relative error 2**-11) times up to `steps` steps."""
+    steps, lost = QUANT_STEPS[qtype]
+    return amax / steps * (lost + steps * 2.0**-11)
+
+
+BYTES_PER_VALUE = {"F32": 4, "F16": 2, "Q8_0": 34 / 32, "Q5_0": 22 / 32, "Q4_0": 18 / 32}  # a block: f16 d + values
+
+
+def quantized_types(outtype: str, untied: bool) -> dict[str, str]:
+    """GGUF tensor name pattern -> the GGML type export gguf should choose, written out by hand."""
+    q = outtype.upper()
+    output = "Q8_0"  # the output matrix: llama-quantize's Q6_K for Q5_0/Q4_0, which gguf-py cannot write
+    return {
+        "token_embd.weight": q if untied else output,
+        "output.weight": output,
+        "position_embd.weight": "F32",
+        "attn_qkv.weight": q,
+        "attn_output.weight": q,
+        "ffn_up.weight": q,
+        "ffn_down.weight": q,
+    }
+
+
+@pytest.mark.parametrize("outtype", ["q8_0", "q5_0", "q4_0"])
+@pytest.mark.parametrize("untied", [False, True])
+def test_quantized_outtypes(tmp_path, outtype, untied):
+    folder = tmp_path / "m"
+    model = tiny_model(
+        vocab_size=len(CHARS), n_embd=64, activation_function="gelu_new", tie_word_embeddings=not untied
+    )
+    save_model_folder(model, folder, char_tokenizer(CHARS))
+    logs = []
+    meta, written = read(export_gguf(folder, tmp_path / "m.gguf", outtype=outtype, log=logs.append))
+    assert meta["general.file_type"] == gguf.LlamaFileType[f"MOSTLY_{outtype.upper()}"]
+    expected = our_tensors(model, 2)
+    if untied:
+        expected["output.weight"] = model.state_dict()["lm_head.weight"]
+    assert set(written) == set(expected)
+    types = quantized_types(outtype, untied)
+    for name, tensor in expected.items():
+        qtype, values = written[name]
+        want = "F32" if tensor.ndim == 1 else types[re.sub(r"^blk\.\d+\.", "", name)]
+        assert qtype == want, name
+        if qtype == "F32":
+            assert np.array_equal(values, tensor.numpy()), name
+            continue
+        # every value within its format's error of ours, block by block (blocks of 32 along a row)
+        ours = tensor.numpy().reshape(-1, 32)
+        amax = np.abs(ours).max(axis=1, keepdims=True)
+        error = np.abs(values.reshape(-1, 32) - ours)
+        bound = quant_error_bound(qtype, amax)
+        assert (error <= bound * (1 + 1e-6)).all(), name
+        assert error.mean() < bound.mean() / 2, name  # and not all at the bound
+    assert not any(line.startswith("note:") for line in logs)
+
+
+def test_quantized_file_sizes(tmp_path):
+    """Sizes against f32 as the types' bytes per value predict: the metadata and the f32 tensors stay."""
+    folder = tmp_path / "m"
+    model = tiny_model(vocab_size=len(CHARS), n_embd=128, n_layer=2, activation_function="gelu_new")
+    save_model_folder(model, folder, char_tokenizer(CHARS))
+    sizes = {
+        outtype: export_gguf(folder, tmp_path / f"{outtype}.gguf", outtype=outtype, log=lambda *a: None).stat().st_size
+        for outtype in ("f32", "q8_0", "q5_0", "q4_0")
+    }
+    n_2d = {name: t.numel() for name, t in our_tensors(model, 2).items() if t.ndim == 2 and "position" not in name}
+    for outtype in ("q8_0", "q5_0", "q4_0"):
+        types = quantized_types(outtype, untied=False)
+        saved = sum(n * (4 - BYTES_PER_VALUE[types[re.sub(r"^blk\.\d+\.", "", k)]]) for k, n in n_2d.items())
+        assert sizes["f32"] - sizes[outtype] == pytest.approx(saved, abs=32 * len(n_2d)), outtype  # 32: alignment
+    # the matmul weights, 34/128, 22/128, 18/128 of their f32 bytes, are most of this model's
+    assert [round(sizes[t] / sizes["f32"], 2) for t in ("q8_0", "q5_0", "q4_0")] == [0.28, 0.19, 0.16]
+
+
+def test_rows_that_do_not_split_into_blocks_fall_back_to_f16(tmp_path):
+    folder = tmp_path / "m"
+    model = tiny_model(vocab_size=len(CHARS), n_embd=48, activation_function="gelu_new")  # rows of 48 and 192
+    save_model_folder(model, folder, char_tokenizer(CHARS))
+    logs = []
+    written = read(export_gguf(folder, tmp_path / "m.gguf", outtype="q4_0", log=logs.append))[1]
+    for name, tensor in our_tensors(model, 2).items():
+        if tensor.ndim == 2 and name != "position_embd.weight":
+            qtype, values = written[name]
+            assert qtype == ("Q4_0" if name.endswith("ffn_down.weight") else "F16"), name  # ffn_down: rows of 192
+            if qtype == "F16":
+                assert np.array_equal(values, tensor.half().float().numpy()), name
+    note = next(line for line in logs if line.startswith("note:"))
+    assert (
+        "token_embd.weight, blk.N.attn_qkv.weight, blk.N.attn_output.weight, blk.N.ffn_up.weight stored in F16" in note
+    )
+    assert "multiple of Q4_0's block of 32 values" in note
+
+
 def test_bias_false_gets_zero_biases(char_folder, tmp_path):
     written = read(export_gguf(char_folder, tmp_path / "m.gguf", log=lambda *a: None))[1]
     for name in [f"blk.{i}.{t}" for i in range(2) for t in LAYER_TENSORS if t.endswith(".bias")] + [
@@ -339,8 +440,8 @@ def test_existing_output_needs_overwrite_and_failures_leave_it(bpe_folder, tmp_p
 
 
 def test_bad_arguments(bpe_folder, tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match=r"outtype 'q8_0': expected one of \['bf16', 'f16', 'f32'\]"):
-        export_gguf(bpe_folder, tmp_path / "m.gguf", outtype="q8_0")
+    with pytest.raises(ValueError, match=r"outtype 'q4_k': expected one of f32, f16, bf16, q8_0, q5_0, q4_0\.$"):
+        export_gguf(bpe_folder, tmp_path / "m.gguf", outtype="q4_k")
     (tmp_path / "dir").mkdir()
     with pytest.raises(
         ConversionError, match=r"is a folder; expected the path of the file to write \(e\.g\. .*model\.gguf\)"
@@ -368,6 +469,15 @@ def test_cli_export_gguf(char_folder, tmp_path, capsys):
     assert exit_.value.code == 2 and err.startswith("error: ") and "pass --overwrite" in err
     assert cli.main(["export", "gguf", str(char_folder), str(out), "--overwrite"]) == 0
     assert read(out)[0]["general.file_type"] == gguf.LlamaFileType.ALL_F32
+    assert cli.main(["export", "gguf", str(char_folder), str(out), "--outtype", "q8_0", "--overwrite"]) == 0
+    assert read(out)[0]["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q8_0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["export", "gguf", str(char_folder), str(out), "--outtype", "q4_k", "--overwrite"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "invalid choice: 'q4_k'" in err
+    assert "'f32', 'f16', 'bf16', 'q8_0', 'q5_0', 'q4_0'" in err  # every OUTTYPES entry, in its order
+    assert list(OUTTYPES) == ["f32", "f16", "bf16", "q8_0", "q5_0", "q4_0"]
 
 
 # -- opt-in: llama.cpp itself -----------------------------------------------------------------------------------
