@@ -169,7 +169,7 @@ def llama_greedy_match(bin_dir: Path, gguf: Path, ours, new_tokens: int) -> str:
     theirs = run_llama_tool(bin_dir / "llama-simple", "-m", str(gguf), "-n", str(new_tokens), PROMPT)[0].removesuffix(
         "\n"
     )
-    return f"{tokens_matched(tokenizer, new, ours_text, theirs)}/{len(new)}"
+    return f"{tokens_matched(tokenizer, PROMPT, new, ours_text, theirs)}/{len(new)}"
 
 
 def bfloat16_accuracy(folder: Path, text: str, new_tokens: int = 100) -> dict:

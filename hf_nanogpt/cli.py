@@ -9,7 +9,8 @@
     hf-nanogpt export nanogpt MODEL OUT_DIR [--dataset NAME] [--overwrite]
     hf-nanogpt convert gpt2 SRC OUT [--overwrite] [--push-to-hub REPO_ID [--private]]   (SRC: folder or Hub id)
     hf-nanogpt export gpt2 MODEL OUT [--overwrite]
-    hf-nanogpt export gguf MODEL OUT.gguf [--outtype f32|f16|bf16] [--overwrite] [--trust-remote-code]
+    hf-nanogpt export gguf MODEL OUT.gguf [--outtype f32|f16|bf16|q8_0|q5_0|q4_0] [--overwrite]
+                           [--trust-remote-code]
     hf-nanogpt convert llmc IN.bin OUT [--tokenizer gpt2|DIR] [--overwrite] [--push-to-hub REPO_ID [--private]]
     hf-nanogpt export llmc MODEL OUT.bin [--dtype float32|bfloat16] [--overwrite] [--trust-remote-code]
     hf-nanogpt prepare INPUT OUT_DIR --tokenizer char|gpt2|bpe:VOCAB|PATH [--num_proc N] [--shard_tokens N]
@@ -554,8 +555,10 @@ def add_export_commands(sub) -> None:
     eq.add_argument(
         "--outtype",
         default="f32",
-        choices=["f32", "f16", "bf16"],
-        help="type of the 2-D weights (norms, biases, position_embd stay f32); default f32",
+        choices=["f32", "f16", "bf16", "q8_0", "q5_0", "q4_0"],  # conversion.gguf.OUTTYPES
+        help="type of the 2-D weights: f32 (default), f16, bf16, or quantized q8_0, q5_0, q4_0 (gguf-py's "
+        "quantizer; with q5_0/q4_0 the output matrix, token_embd when tied, is q8_0). Norms, biases and "
+        "position_embd stay f32",
     )
     add_overwrite_option(eq, "OUT.gguf")
     add_trust_remote_code_option(eq)

@@ -6,6 +6,7 @@ writer (the `gguf` package):
 
     export_gguf("out/demo", "demo.gguf")                 # float32: the same weights, bit for bit
     export_gguf("gpt2-nanogpt", "gpt2.gguf", outtype="f16")
+    export_gguf("gpt2-nanogpt", "gpt2-q8_0.gguf", outtype="q8_0")   # also q5_0, q4_0
 
 - Weights: nanoGPT's nn.Linear (out, in) layout is the one GGUF stores, so nothing is transposed (GPT-2's
   Conv1D is what convert_hf_to_gguf.py has to transpose). Names follow TENSOR_MAP.
@@ -18,6 +19,13 @@ writer (the `gguf` package):
   type (a longest-match over byte strings, which for one-character tokens is exactly our char tokenizer,
   with no merges and no special tokens that a BPE vocabulary would add). A padded vocabulary (50304 rows
   for GPT-2's 50257 tokens) gets "[PAD{i}]" tokens of type UNUSED, so there is a token for every row.
+- Types: --outtype is the type of the 2-D matmul weights (attn_qkv, attn_output, ffn_up, ffn_down, token_embd,
+  output); norms, biases and position_embd stay float32, as convert_hf_to_gguf.py keeps them. q8_0, q5_0 and q4_0
+  are quantized by gguf-py's own quantizer (gguf.quants, numpy ports of ggml's reference quantizers).
+  convert_hf_to_gguf.py writes q8_0 itself; q5_0 and q4_0 are llama-quantize's, whose rule keeps the output
+  matrix (token_embd when tied) at Q6_K, or Q8_0 where its rows do not split into Q6_K's 256-value blocks:
+  gguf-py cannot write Q6_K, so it is Q8_0 here. A tensor whose rows do not split into the type's 32-value
+  blocks is stored in f16, the fallback of both llama.cpp tools, with a note.
 - llama.cpp's GPT-2 graph always computes the tanh GELU: an exact-GELU model ("gelu", nanoGPT's) gets a
   warning with how far that moves its logits on the probe batch.
 """
@@ -58,7 +66,17 @@ TENSOR_MAP = {
 }
 UNBIASED = {"token_embd", "position_embd", "output"}  # every other GPT-2 tensor has a bias llama.cpp requires
 # --outtype -> (GGML type of the 2-D weights, llama.cpp's general.file_type)
-OUTTYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16")}
+OUTTYPES = {
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+    "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
+    "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
+}
+# the output matrix's type where it differs from --outtype's: llama-quantize's Q6_K for q5_0 and q4_0, which
+# gguf-py cannot write, so Q8_0, llama-quantize's own choice where Q6_K's blocks do not fit the rows
+OUTPUT_TYPES = {"q5_0": "Q8_0", "q4_0": "Q8_0"}
 # tensors kept float32 whatever the outtype, as convert_hf_to_gguf.py keeps them: 1-D ones (norms,
 # biases), and the position embedding
 FLOAT32_ALWAYS = {"position_embd.weight"}
@@ -112,11 +130,18 @@ def gguf_tensors(state_dict: dict[str, torch.Tensor], n_layer: int) -> dict[str,
     return tensors
 
 
-def ggml_type(name: str, tensor: torch.Tensor, outtype: str, gguf):
-    """The GGML type `name` is stored in: --outtype for 2-D weights, float32 for the rest."""
+def ggml_type(name: str, tensor: torch.Tensor, outtype: str, output_matrix: str, gguf):
+    """The GGML type `name` is stored in: --outtype for 2-D weights (OUTPUT_TYPES for `output_matrix`, the
+    output tensor or token_embd when tied), float32 for the rest, f16 where the rows do not split into the
+    quantized type's blocks (ggml quantizes along a row: the last dimension, the `in` of nn.Linear's (out, in))."""
     if tensor.ndim == 1 or name in FLOAT32_ALWAYS:
         return gguf.GGMLQuantizationType.F32
-    return gguf.GGMLQuantizationType[OUTTYPES[outtype][0]]
+    qtype = gguf.GGMLQuantizationType[OUTTYPES[outtype][0]]
+    if name == output_matrix and outtype in OUTPUT_TYPES:
+        qtype = gguf.GGMLQuantizationType[OUTPUT_TYPES[outtype]]
+    if tensor.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+        return gguf.GGMLQuantizationType.F16
+    return qtype
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,8 +222,10 @@ def gguf_writer_for(model, tokenizer, folder: Path, name: str, outtype: str, ggu
     config = model.config
     writer = gguf.GGUFWriter(None, ARCH)
     types = {}
-    for tensor_name, tensor in gguf_tensors(model.state_dict(), config.n_layer).items():
-        qtype = ggml_type(tensor_name, tensor, outtype, gguf)
+    tensors = gguf_tensors(model.state_dict(), config.n_layer)
+    output_matrix = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+    for tensor_name, tensor in tensors.items():
+        qtype = ggml_type(tensor_name, tensor, outtype, output_matrix, gguf)
         writer.add_tensor(tensor_name, gguf.quants.quantize(tensor.detach().float().numpy(), qtype), raw_dtype=qtype)
         types.setdefault(qtype.name, []).append(tensor_name)
     # name, size label, model card tags and sampling defaults (generation_config.json), read as
@@ -228,11 +255,12 @@ def export_gguf(
     log=print,
 ) -> Path:
     """A hf_nanogpt model folder (or Hub id) -> one GGUF file for llama.cpp (architecture gpt2, tokenizer
-    embedded). outtype f32, f16 or bf16 is the type of the 2-D weights; norms, biases and position_embd
-    stay float32. Written beside `out_file` and renamed at the end."""
-    gguf = import_gguf()
+    embedded). outtype (f32, f16, bf16, q8_0, q5_0 or q4_0) is the type of the 2-D weights; norms, biases and
+    position_embd stay float32 (the module docstring has the exceptions). Written beside `out_file` and renamed
+    at the end."""
     if outtype not in OUTTYPES:
-        raise ValueError(f"outtype {outtype!r}: expected one of {sorted(OUTTYPES)}.")
+        raise ValueError(f"outtype {outtype!r}: expected one of {', '.join(OUTTYPES)}.")
+    gguf = import_gguf()
     out_file = require_writable_file(out_file, overwrite, model_id, example="model.gguf")
     folder = resolve_source(model_id)
     model, tokenizer = load_for_export(folder, trust_remote_code)
@@ -257,6 +285,13 @@ def export_gguf(
     )
     for qtype, members in sorted(types.items()):
         log(f"  {qtype}: {describe(members)}")
+    wanted = OUTTYPES[outtype][0]
+    if wanted not in ("F32", "F16") and types.get("F16"):
+        block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[wanted]][0]
+        log(
+            f"note: {describe(types['F16'])} stored in F16, not quantized: the length of their rows is not a multiple "
+            f"of {wanted}'s block of {block} values (the fallback of llama.cpp's converter and llama-quantize)"
+        )
     return out_file
 
 
