@@ -31,9 +31,11 @@ import sys
 
 import fastapi  # noqa: F401  (transformers' app)
 import openai  # noqa: F401  (transformers' handlers build their answers from the openai package's types)
+import transformers
 import uvicorn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.cli.serving import model_manager as transformers_model_manager
+from transformers.cli.serving import utils as serving_utils
 from transformers.cli.serving.chat_completion import ChatCompletionHandler
 from transformers.cli.serving.completion import CompletionHandler
 from transformers.cli.serving.server import build_server
@@ -262,7 +264,7 @@ class RequestChecks:
         """Checks the prompt and the requested length against block_size, and writes the length as `max_tokens`,
         the field every release's handlers read (5.18's chat handler ignores max_completion_tokens)."""
         block_size = self.block_size
-        what = f"the {'chat-templated messages are' if chat else 'prompt is'} {prompt_tokens} tokens"
+        what = f"the {'chat-templated messages are' if chat else 'prompt is'} {plural(prompt_tokens, 'token')}"
         if prompt_tokens >= block_size:
             raise RequestError(
                 400, f"{what}, but the model's block_size is {block_size}, which must hold the prompt and at least "
@@ -278,7 +280,7 @@ class RequestChecks:
         if wanted is not None and wanted > room:
             raise RequestError(
                 400, f"`{name}` is {wanted}, but {what} of the model's block_size {block_size}, which leaves room "
-                f"for {room} new tokens: ask for at most {room} (or leave it out to get them all).", name,
+                f"for {plural(room, 'new token')}: ask for at most {room} (or leave it out to get them all).", name,
             )
         body["max_tokens"] = wanted if wanted is not None else room
 
@@ -288,6 +290,10 @@ class RequestChecks:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def with_content_length(scope: dict, length: int) -> dict:
@@ -401,6 +407,13 @@ def serve(
         uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
     )
     batching = "continuous batching" if continuous_batching else "one request at a time (no continuous batching)"
+    if continuous_batching and hasattr(getattr(serving_utils, "CBGenerateManager", None), "init_cb"):
+        print(
+            f"note: transformers {transformers.__version__} starts continuous batching with the first request's "
+            "sampling settings (temperature, top_p) and keeps them for every later request; transformers 5.25 sets "
+            "them per request. For mixed settings here, serve with --no-continuous-batching.",
+            file=sys.stderr,
+        )
     print(f"serving {model} on http://{host}:{port}/v1 ({batching}); Ctrl-C stops", file=sys.stderr, flush=True)
     # uvicorn catches SIGINT and SIGTERM, shuts down, then raises the signal again: both end here, as Ctrl-C
     previous = signal.signal(signal.SIGTERM, stop_as_interrupt)

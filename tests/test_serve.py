@@ -258,6 +258,21 @@ def test_a_port_in_use_a_missing_model_and_remote_code_without_the_flag_exit_2(b
                 process.wait()
 
 
+def test_without_the_serve_extra_the_error_says_what_to_install():
+    block = (
+        "import importlib.abc, sys\n"
+        "class NoFastAPI(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'fastapi':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NoFastAPI())\n"
+        "from hf_nanogpt.cli import main\n"
+        "sys.exit(main(['serve', 'some-model']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", block], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 2 and "pip install 'hf-nanogpt[serve]'" in result.stderr, result.stderr
+
+
 def test_ctrl_c_stops_the_server_cleanly(batching):
     """Last in the file: it stops the module's continuous batching server (after a request started its worker)."""
     assert complete(batching.client(), batching.folder, "Hello world", 2)
