@@ -25,6 +25,7 @@ documented in the guides under docs/.
 """
 
 import argparse
+import os
 import sys
 
 import torch
@@ -167,7 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: hf-nanogpt serve needs {err.name}: pip install 'hf-nanogpt[serve]'", file=sys.stderr)
         return 2
 
-    return serve(
+    code = serve(
         args.model,
         host=args.host,
         port=args.port,
@@ -179,6 +180,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         log_level=args.log_level,
     )
+    # Stopped (Ctrl-C): every request in flight was answered and the batching worker stopped, but transformers'
+    # one-at-a-time generate() runs on a daemon thread it cannot interrupt, and a daemon thread inside torch when
+    # the interpreter shuts down aborts the process. Nothing is left to clean up: leave at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_convert_nanogpt(args: argparse.Namespace) -> int:

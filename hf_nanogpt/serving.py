@@ -22,6 +22,7 @@ class or a parameter, never by version numbers.
 """
 
 import asyncio
+import functools
 import inspect
 import json
 import os
@@ -108,7 +109,8 @@ class RequestError(Exception):
         self.status, self.message, self.param = status, message, param
 
     def body(self) -> bytes:
-        kind = {404: "not_found_error", 413: "request_too_large"}.get(self.status, "invalid_request_error")
+        kinds = {404: "not_found_error", 413: "request_too_large", 503: "server_error"}
+        kind = kinds.get(self.status, "invalid_request_error")
         error = {"message": self.message, "type": kind, "param": self.param, "code": self.status}
         return json.dumps({"error": error}).encode()
 
@@ -164,11 +166,13 @@ class RequestChecks:
     """An ASGI middleware in front of transformers' app: the endpoints served, and each request's body checked
     (and its max_tokens filled in) before a handler sees it."""
 
-    def __init__(self, app, served_name: str, tokenizer, block_size: int, max_body_bytes: int):
+    def __init__(self, app, served_name: str, tokenizer, block_size: int, max_body_bytes: int, on_shutdown=None):
         self.app, self.served_name, self.tokenizer = app, served_name, tokenizer
-        self.block_size, self.max_body_bytes = block_size, max_body_bytes
+        self.block_size, self.max_body_bytes, self.on_shutdown = block_size, max_body_bytes, on_shutdown
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan" and self.on_shutdown is not None:
+            return await self.app(scope, self.stopping_first(receive), send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         try:
@@ -184,7 +188,23 @@ class RequestChecks:
             checked = await asyncio.to_thread(self.check, scope["path"], body)
         except RequestError as error:
             return await self.send_error(send, error)
-        await self.app(with_content_length(scope, len(checked)), replay(checked, receive), send)
+        response = Response(send)
+        try:
+            await self.app(with_content_length(scope, len(checked)), replay(checked, receive), response.send)
+        except asyncio.CancelledError:  # the server stopping (Ctrl-C) with this request in flight
+            await response.end("the server is stopping (Ctrl-C or SIGTERM): send the request again once it is back.")
+
+    def stopping_first(self, receive):
+        """The lifespan's `receive`, which stops generating (`on_shutdown`) when the server shuts down, while the
+        event loop the generation reports to still runs."""
+
+        async def receive_and_stop():
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await asyncio.to_thread(self.on_shutdown)
+            return message
+
+        return receive_and_stop
 
     async def read_body(self, scope, receive) -> bytes:
         limit = self.max_body_bytes
@@ -290,6 +310,25 @@ class RequestChecks:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class Response:
+    """An ASGI `send` that knows how far its response went, to end it when the server stops mid-way."""
+
+    def __init__(self, send):
+        self._send, self.started, self.complete = send, False, False
+
+    async def send(self, message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        self.complete = message["type"] == "http.response.body" and not message.get("more_body", False)
+        await self._send(message)
+
+    async def end(self, reason: str) -> None:
+        if not self.started:
+            return await RequestChecks.send_error(self._send, RequestError(503, reason))
+        if not self.complete:  # a stream: its last event says why it ends early
+            event = json.dumps({"error": {"message": reason, "type": "server_error", "code": 503}})
+            await self._send({"type": "http.response.body", "body": f"data: {event}\n\n".encode()})
 
 
 def plural(count: int, noun: str) -> str:
@@ -401,7 +440,10 @@ def serve(
     # RequestChecks answers them 404, so their handlers are never called
     others = {name: None for name in inspect.signature(build_server).parameters if name.endswith("_handler")}
     app = build_server(manager, **keyword_arguments(build_server, **{**others, **handlers}))
-    app = RequestChecks(app, model, tokenizer, block_size, max_body_bytes)
+    stop_generating = None
+    if hasattr(generation_state, "shutdown"):  # up to 5.24 (5.25 stops the model's process with the app)
+        stop_generating = functools.partial(stop_batching_worker, generation_state)
+    app = RequestChecks(app, model, tokenizer, block_size, max_body_bytes, on_shutdown=stop_generating)
 
     server = uvicorn.Server(
         uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
@@ -422,12 +464,23 @@ def serve(
     except KeyboardInterrupt:
         pass
     finally:
-        if hasattr(generation_state, "shutdown"):  # up to 5.24 the continuous batching worker lives here
-            generation_state.shutdown()
+        if stop_generating is not None:  # a second time does nothing; this one for an app that never started
+            stop_generating()
         manager.shutdown()
         sock.close()
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def stop_batching_worker(generation_state) -> None:
+    """Up to 5.24 the continuous batching worker belongs to the GenerationState, which transformers' app never
+    stops, and whose own stop waits 2 s for the requests in flight to finish. Those were answered already (see
+    `Response.end`): the worker stops now, without finishing them."""
+    manager = getattr(getattr(generation_state, "_cb_manager", None), "_cb", None)
+    if manager is not None and manager.is_running() and "hard_stop" in inspect.signature(manager.stop).parameters:
+        manager.stop(block=True, timeout=60, hard_stop=True)
+    elif manager is None or manager.is_running():
+        generation_state.shutdown()
 
 
 def stop_as_interrupt(signum, frame):
