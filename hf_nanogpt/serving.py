@@ -147,7 +147,9 @@ def check_types(body: dict, required: tuple[str, ...]) -> None:
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             raise RequestError(400, f"`{name}` must be {expected}, found {json_type(value)}: {value!r}.", name)
     if body.get("temperature") is not None and not 0 <= body["temperature"] <= 2:
-        raise RequestError(400, f"`temperature` must be between 0 and 2 (0: greedy), found {body['temperature']}.")
+        raise RequestError(
+            400, f"`temperature` must be between 0 and 2 (0: greedy), found {body['temperature']}.", "temperature"
+        )
     if body.get("top_p") is not None and not 0 < body["top_p"] <= 1:
         raise RequestError(400, f"`top_p` must be in (0, 1], found {body['top_p']}.", "top_p")
     if body.get("n") not in (None, 1):
