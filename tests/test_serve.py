@@ -94,7 +94,11 @@ def folders(tmp_path_factory):
     model = tiny_model(seed=1, vocab_size=50304, block_size=BLOCK_SIZE, initializer_range=0.5)
     base = save_model_folder(model, root / "base", gpt2_tokenizer())
     chat, tokenizer = chat_model()
-    return {"base": base, "chat": save_model_folder(chat, root / "chat", tokenizer)}
+    # a folder only its own code loads: a model type neither transformers nor hf_nanogpt knows, and an auto_map
+    remote = save_model_folder(tiny_model(seed=2, vocab_size=50304), root / "remote", gpt2_tokenizer())
+    config = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**config, "model_type": "nanogpt_of_its_own"}))
+    return {"base": base, "chat": save_model_folder(chat, root / "chat", tokenizer), "remote": remote}
 
 
 @functools.cache
@@ -231,14 +235,10 @@ def test_chat_messages_past_block_size_and_malformed_messages_get_a_400(chat_ser
 
 
 def test_a_port_in_use_a_missing_model_and_remote_code_without_the_flag_exit_2(batching, folders, tmp_path):
-    remote = save_model_folder(tiny_model(seed=2), tmp_path / "remote")
-    config = json.loads((remote / "config.json").read_text())
-    config["model_type"] = "nanogpt_of_its_own"  # a model type only the folder's own code knows
-    (remote / "config.json").write_text(json.dumps(config))
     runs = [
         ([folders["base"], "--port", str(batching.port)], "cannot listen"),
         ([tmp_path / "nope", "--port", str(free_port())], "nope"),
-        ([remote, "--port", str(free_port())], "pass --trust-remote-code"),
+        ([folders["remote"], "--port", str(free_port())], "pass --trust-remote-code"),
     ]
     processes = [
         subprocess.Popen(
@@ -256,6 +256,22 @@ def test_a_port_in_use_a_missing_model_and_remote_code_without_the_flag_exit_2(b
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_with_trust_remote_code_a_folder_only_its_own_code_loads_is_served(folders):
+    server = Server(folders["remote"], "--trust-remote-code")
+    try:
+        server.wait_ready()
+        prompt, tokenizer = "Hello world", AutoTokenizer.from_pretrained(folders["remote"])
+        ids = tokenizer(prompt)["input_ids"]
+        model = AutoModelForCausalLM.from_pretrained(folders["remote"], trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules")  # the folder's code, not this package's
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
+        expected = tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+        assert complete(server.client(), server.folder, prompt, 8) == expected
+    finally:
+        assert server.stop() == 0
 
 
 def test_without_the_serve_extra_the_error_says_what_to_install():
