@@ -29,12 +29,13 @@ import os
 import signal
 import socket
 import sys
+import threading
 
 import fastapi  # noqa: F401  (transformers' app)
 import openai  # noqa: F401  (transformers' handlers build their answers from the openai package's types)
 import transformers
 import uvicorn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.cli.serving import model_manager as transformers_model_manager
 from transformers.cli.serving import utils as serving_utils
 from transformers.cli.serving.chat_completion import ChatCompletionHandler
@@ -168,9 +169,13 @@ class RequestChecks:
     """An ASGI middleware in front of transformers' app: the endpoints served, and each request's body checked
     (and its max_tokens filled in) before a handler sees it."""
 
-    def __init__(self, app, served_name: str, tokenizer, block_size: int, max_body_bytes: int, on_shutdown=None):
+    def __init__(
+        self, app, served_name: str, tokenizer, block_size: int, max_body_bytes: int, on_shutdown=None,
+        shared_sampling: "SharedSampling | None" = None,
+    ):
         self.app, self.served_name, self.tokenizer = app, served_name, tokenizer
         self.block_size, self.max_body_bytes, self.on_shutdown = block_size, max_body_bytes, on_shutdown
+        self.shared_sampling = shared_sampling
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan" and self.on_shutdown is not None:
@@ -243,6 +248,8 @@ class RequestChecks:
             )
         prompt_tokens = self.chat_prompt_tokens(body["messages"]) if chat else self.prompt_tokens(body["prompt"])
         self.fill_max_tokens(body, prompt_tokens, chat)
+        if self.shared_sampling is not None:
+            self.shared_sampling.check(body)
         return json.dumps(body).encode()
 
     def prompt_tokens(self, prompt: str) -> int:
@@ -312,6 +319,35 @@ class RequestChecks:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class SharedSampling:
+    """Up to 5.24, transformers starts continuous batching with the first request's sampling settings and keeps them
+    for every later request: a request asking for others would silently get the first one's (a greedy request
+    sampled). It gets a 400 that says so instead."""
+
+    def __init__(self, defaults):
+        self.defaults, self.first, self.lock = defaults, None, threading.Lock()
+
+    def settings(self, body: dict) -> str:
+        temperature, top_p = body.get("temperature"), body.get("top_p")
+        if temperature == 0 or (temperature is None and not self.defaults.do_sample):
+            return "greedy (temperature 0)"
+        temperature = float(self.defaults.temperature if temperature is None else temperature)
+        top_p = float((self.defaults.top_p or 1.0) if top_p is None else top_p)
+        return f"sampling at temperature {temperature}, top_p {top_p}"
+
+    def check(self, body: dict) -> None:
+        asked = self.settings(body)
+        with self.lock:
+            self.first = self.first or asked
+        if asked != self.first:
+            raise RequestError(
+                400, f"this server generates every request {self.first}, as its first request asked, but this one "
+                f"asks for {asked}: transformers {transformers.__version__} keeps the first request's sampling "
+                "settings for continuous batching (5.25 sets them per request). Send the same settings, or restart "
+                "the server with --no-continuous-batching.", "temperature",
+            )
 
 
 class Response:
@@ -445,17 +481,26 @@ def serve(
     stop_generating = None
     if hasattr(generation_state, "shutdown"):  # up to 5.24 (5.25 stops the model's process with the app)
         stop_generating = functools.partial(stop_batching_worker, generation_state)
-    app = RequestChecks(app, model, tokenizer, block_size, max_body_bytes, on_shutdown=stop_generating)
+    shared_sampling = None
+    if continuous_batching and hasattr(getattr(serving_utils, "CBGenerateManager", None), "init_cb"):
+        try:
+            defaults = GenerationConfig.from_pretrained(repo, revision=revision)
+        except OSError:  # no generation_config.json: generate() then takes the config's
+            defaults = GenerationConfig.from_model_config(config)
+        shared_sampling = SharedSampling(defaults)
+    app = RequestChecks(
+        app, model, tokenizer, block_size, max_body_bytes, on_shutdown=stop_generating, shared_sampling=shared_sampling
+    )
 
     server = uvicorn.Server(
         uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
     )
     batching = "continuous batching" if continuous_batching else "one request at a time (no continuous batching)"
-    if continuous_batching and hasattr(getattr(serving_utils, "CBGenerateManager", None), "init_cb"):
+    if shared_sampling is not None:
         print(
-            f"note: transformers {transformers.__version__} starts continuous batching with the first request's "
-            "sampling settings (temperature, top_p) and keeps them for every later request; transformers 5.25 sets "
-            "them per request. For mixed settings here, serve with --no-continuous-batching.",
+            f"note: transformers {transformers.__version__} keeps the first request's sampling settings (temperature, "
+            "top_p) for every request under continuous batching: requests asking for others get a 400. For mixed "
+            "settings, serve with --no-continuous-batching, or use transformers 5.25, which sets them per request.",
             file=sys.stderr,
         )
     print(f"serving {model} on http://{host}:{port}/v1 ({batching}); Ctrl-C stops", file=sys.stderr, flush=True)

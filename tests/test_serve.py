@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.cli.serving import utils as serving_utils
 
 from helpers import HELLO, TWO, chat_model, free_port, tiny_model
 from hf_nanogpt.saving import save_model_folder
@@ -160,6 +161,9 @@ def test_completions_equal_generate_streamed_or_not_and_alone_or_eight_at_once(s
     assert len([p for p in pieces if p]) > 1  # token by token, not one block at the end
     assert "".join(pieces) == alone[0]
 
+    if server_name == "one_at_a_time":  # each request with its own sampling settings, on every release
+        sampled = client.completions.create(model=model, prompt=PROMPTS[0], max_tokens=4, temperature=0.9, seed=1)
+        assert sampled.usage.completion_tokens == 4
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
         together = list(pool.map(lambda prompt: complete(client, model, prompt), PROMPTS))
     assert together == alone
@@ -217,6 +221,13 @@ def test_bad_requests_get_a_4xx_that_says_why_and_the_server_goes_on(batching):
     assert got == 400 and "no chat template" in answer["error"]["message"] and "/v1/completions" in str(answer)
     assert post(f"{batching.url}/reset", b"{}")[0] == 404  # transformers' other endpoints are not served
 
+    # up to 5.24 continuous batching keeps the first request's sampling settings (greedy here) for all
+    sampled = dict(model=model, prompt="Hello", max_tokens=4, temperature=0.9, seed=1)
+    if hasattr(getattr(serving_utils, "CBGenerateManager", None), "init_cb"):
+        with pytest.raises(openai.BadRequestError, match="as its first request asked.*--no-continuous-batching"):
+            client.completions.create(**sampled)
+    else:
+        assert client.completions.create(**sampled).usage.completion_tokens == 4
     with pytest.raises(openai.NotFoundError, match="is not served here"):
         client.completions.create(model="other", prompt="x", max_tokens=1)
     with pytest.raises(openai.BadRequestError, match="block_size"):
