@@ -22,6 +22,7 @@ class or a parameter, never by version numbers.
 """
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
 import json
@@ -29,7 +30,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 
 import fastapi  # noqa: F401  (transformers' app)
 import openai  # noqa: F401  (transformers' handlers build their answers from the openai package's types)
@@ -176,6 +176,8 @@ class RequestChecks:
         self.app, self.served_name, self.tokenizer = app, served_name, tokenizer
         self.block_size, self.max_body_bytes, self.on_shutdown = block_size, max_body_bytes, on_shutdown
         self.shared_sampling = shared_sampling
+        # the checks tokenize: off the event loop, one at a time (one tokenizer; requests checked in arrival order)
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="request-checks")
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan" and self.on_shutdown is not None:
@@ -192,7 +194,7 @@ class RequestChecks:
             if method == "GET":
                 return await self.app(scope, receive, send)
             body = await self.read_body(scope, receive)
-            checked = await asyncio.to_thread(self.check, scope["path"], body)
+            checked = await asyncio.get_running_loop().run_in_executor(self.executor, self.check, scope["path"], body)
         except RequestError as error:
             return await self.send_error(send, error)
         response = Response(send)
@@ -327,7 +329,7 @@ class SharedSampling:
     sampled). It gets a 400 that says so instead."""
 
     def __init__(self, defaults):
-        self.defaults, self.first, self.lock = defaults, None, threading.Lock()
+        self.defaults, self.first = defaults, None
 
     def settings(self, body: dict) -> str:
         temperature, top_p = body.get("temperature"), body.get("top_p")
@@ -339,8 +341,7 @@ class SharedSampling:
 
     def check(self, body: dict) -> None:
         asked = self.settings(body)
-        with self.lock:
-            self.first = self.first or asked
+        self.first = self.first or asked  # RequestChecks checks one request at a time
         if asked != self.first:
             raise RequestError(
                 400, f"this server generates every request {self.first}, as its first request asked, but this one "
