@@ -12,7 +12,7 @@ TRANSFORMERS_FLOOR := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' py
 VERSION_TESTS := tests/test_model.py tests/test_generation.py tests/test_fidelity.py tests/test_compile.py \
 	tests/test_hf_integration.py tests/test_remote_code_versions.py tests/test_conversion_nanogpt.py \
 	tests/test_conversion_gpt2.py tests/test_cli.py tests/test_heads.py tests/test_peft.py tests/test_chat.py \
-	tests/test_chat_cli.py
+	tests/test_chat_cli.py tests/test_serve.py
 FLOOR := .venv-floor
 NEWEST := .venv-newest
 

@@ -4,6 +4,7 @@
     hf-nanogpt generate MODEL --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--greedy]
     hf-nanogpt sample MODEL [--start TEXT|FILE:path] [--num_samples 10] [--max_new_tokens 500] ...
     hf-nanogpt chat MODEL [--system TEXT] [--max_new_tokens N] [--temperature T] [--top_k K] [--seed S]
+    hf-nanogpt serve MODEL [--host 127.0.0.1] [--port 8000] [--no-continuous-batching] [--trust-remote-code]
     hf-nanogpt convert nanogpt SRC OUT [--meta meta.pkl | --tokenizer gpt2|DIR] [--crop-vocab] [--overwrite]
                                [--push-to-hub REPO_ID [--private]]
     hf-nanogpt export nanogpt MODEL OUT_DIR [--dataset NAME] [--overwrite]
@@ -25,6 +26,7 @@ documented in the guides under docs/.
 """
 
 import argparse
+import os
 import sys
 
 import torch
@@ -153,6 +155,38 @@ def cmd_chat(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # outside a reply or the prompt (which chat handles): leave quietly
         print(file=sys.stderr)
         return 0
+
+
+SERVING_PACKAGES = ("fastapi", "starlette", "uvicorn", "openai", "pydantic")  # hf-nanogpt[serve]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serving import serve
+    except ImportError as err:
+        if err.name not in SERVING_PACKAGES:
+            raise
+        print(f"error: hf-nanogpt serve needs {err.name}: pip install 'hf-nanogpt[serve]'", file=sys.stderr)
+        return 2
+
+    code = serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        continuous_batching=args.continuous_batching,
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+        dtype=args.dtype,
+        max_body_bytes=args.max_body_bytes,
+        max_batch_size=args.max_batch_size,
+        log_level=args.log_level,
+    )
+    # Stopped (Ctrl-C): every request in flight was answered and the batching worker stopped, but transformers'
+    # one-at-a-time generate() runs on a daemon thread it cannot interrupt, and a daemon thread inside torch when
+    # the interpreter shuts down aborts the process. Nothing is left to clean up: leave at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_convert_nanogpt(args: argparse.Namespace) -> int:
@@ -383,6 +417,41 @@ def add_text_commands(sub) -> None:
     cht.add_argument("--seed", type=int, default=None, metavar="S")
     add_model_loading_options(cht)
     cht.set_defaults(func=cmd_chat)
+
+
+def add_serve_command(sub) -> None:
+    srv = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server for a model folder or Hub id (docs/serving.md)",
+        description="Serve MODEL over HTTP with OpenAI's API: GET /health, GET /v1/models, POST /v1/completions and, "
+        "for a model whose tokenizer has a chat template, POST /v1/chat/completions, streamed (SSE) or not. "
+        "transformers' serving code answers, with continuous batching unless --no-continuous-batching; a request's "
+        "`model` is MODEL as written here. Requests that do not fit (a prompt past block_size, a max_tokens past "
+        "the room left, a malformed body) get a 4xx saying why. Ctrl-C stops it. Needs pip install "
+        "'hf-nanogpt[serve]'.",
+    )
+    add_model_argument(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument(
+        "--no-continuous-batching",
+        dest="continuous_batching",
+        action="store_false",
+        help="run one generate() at a time instead of batching the requests in flight together",
+    )
+    srv.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="continuous batching: the most requests generated together (more wait); the KV cache holds this many "
+        "requests of block_size tokens (default 32)",
+    )
+    srv.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get a 413 (default 1 MiB)"
+    )
+    srv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_model_loading_options(srv)
+    srv.set_defaults(func=cmd_serve)
 
 
 def add_convert_commands(sub) -> None:
@@ -633,6 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_text_commands(sub)  # generate, sample, chat
+    add_serve_command(sub)
     add_convert_commands(sub)
     add_prepare_command(sub)
     add_train_command(sub)
