@@ -162,9 +162,11 @@ def servers(args: argparse.Namespace) -> list[Server]:
         out.append(Server(
             "vLLM CPU",
             [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
-             "--port", "{port}", "--dtype", "float32", "--max-model-len", str(args.max_model_len),
-             *args.vllm_arg],
-            env={"VLLM_CPU_KVCACHE_SPACE": "4", "VLLM_TARGET_DEVICE": "cpu"},
+             "--port", "{port}", "--trust-remote-code", "--dtype", "float32",
+             "--max-model-len", str(args.max_model_len), *args.vllm_arg],
+            # its KV cache in GiB, and every core for its threads (its default binding leaves one out on 2 cores)
+            env={"VLLM_CPU_KVCACHE_SPACE": "4", "VLLM_CPU_OMP_THREADS_BIND": f"0-{os.cpu_count() - 1}",
+                 "HF_HUB_OFFLINE": "1"},
             extra_body={"ignore_eos": True},
             startup_timeout=900,
         ))
