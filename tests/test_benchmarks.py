@@ -116,3 +116,28 @@ def test_own_tokenizer_benchmark_runs_on_a_tiny_corpus(tmp_path):
     assert per_byte["bpe:300"] < per_byte["char"] <= 1.0
     assert all(0 < float(bpb) < 20 for *_, bpb in rows)
     assert re.search(r"^\| 0\.\d MB \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d,]+ MB \|$", result.stdout, re.M)
+
+
+def test_serving_benchmark_runs_on_a_tiny_model(tmp_path):
+    """benchmarks/serving.py (B5) against `hf-nanogpt serve` with and without continuous batching, on a tiny model:
+    every level gets its row, every request its tokens, and the continuous-batching ratio is reported."""
+    import json
+
+    from helpers import tiny_model
+    from hf_nanogpt.saving import save_model_folder
+    from hf_nanogpt.tokenization import gpt2_tokenizer
+
+    folder = save_model_folder(tiny_model(vocab_size=50304, block_size=128), tmp_path / "model", gpt2_tokenizer())
+    out = tmp_path / "b5.json"
+    cmd = [sys.executable, "-m", "benchmarks.serving", "--model", str(folder), "--concurrency", "1", "3"]
+    cmd += ["--max-tokens", "4", "--requests-per-level", "1", "--repeats", "1", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = re.findall(r"^\| (hf-nanogpt serve, [a-z ]+) \| (\d+) \| [\d.]+ \| [\d.]+ \| \d+ \|$", result.stdout, re.M)
+    assert [(name.split(", ")[1], int(level)) for name, level in rows] == [
+        ("continuous batching", 1), ("continuous batching", 3), ("no continuous batching", 1),
+        ("no continuous batching", 3),
+    ]
+    assert "continuous batching / none at 3 requests: " in result.stdout
+    results = json.loads(out.read_text())["results"]
+    assert all(level["tokens"] == 4 * int(c) for server in results.values() for c, level in server.items())
