@@ -44,6 +44,7 @@ from transformers.cli.serving.server import build_server
 from transformers.cli.serving.utils import BaseHandler, GenerationState, Modality
 
 import hf_nanogpt  # noqa: F401  (registers the nanogpt model type with the Auto classes)
+from hf_nanogpt.cpu_decode import attach_cpu_decode
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: a block_size of 1024 GPT-2 tokens is about 4 KB of text
 ENDPOINTS = {"/health": "GET", "/v1/models": "GET", "/v1/completions": "POST", "/v1/chat/completions": "POST"}
@@ -77,7 +78,8 @@ class NanoGPTLoading(LOADING_BASE):
             attn_implementation=self.attn_implementation,
             trust_remote_code=self.trust_remote_code,
         )
-        return model.to(self.device).eval()
+        # decoding's fastest CPU products, as generate, sample and chat attach them (F.linear elsewhere)
+        return attach_cpu_decode(model.to(self.device).eval())
 
     def _load_processor(self, model_id: str, *args, **kwargs):  # the name up to 5.24
         repo, revision = split_revision(model_id)

@@ -1,10 +1,13 @@
 """hf_nanogpt.cpu_decode: the CPU decode products equal F.linear, the choice is timed once per shape, only CPU
 inference on a few rows takes it, and attaching it leaves the model file, the weights and saved folders alone."""
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 from transformers import AutoModelForCausalLM
 
 import hf_nanogpt
@@ -36,8 +39,9 @@ def test_every_decode_matmul_equals_linear(n_out, threads, bias, lead):
 
 def test_decode_matmul_is_timed_once_per_shape_and_kept_only_past_the_margin(monkeypatch):
     monkeypatch.setattr(d, "DECODE_CHOICE", {})
+    monkeypatch.setattr(d, "onednn_available", lambda: True)
     timed = []
-    seconds = {"linear": 1.0, "row_blocks": 0.95, "one_row": 0.5}
+    seconds = {"linear": 1.0, "row_blocks": 0.95, "one_row": 0.5, "onednn_packed": 1.2}
     monkeypatch.setattr(
         d, "time_products", lambda products, *a: timed.extend(products) or {n: seconds[n] for n in products}
     )
@@ -46,15 +50,53 @@ def test_decode_matmul_is_timed_once_per_shape_and_kept_only_past_the_margin(mon
     try:
         torch.set_num_threads(2)
         assert d.decode_matmul(torch.randn(1, 1, 16), weight, None) == "one_row"  # 0.5 s against 1 s
-        assert len(timed) == 3
-        assert d.decode_matmul(torch.randn(1, 1, 16), weight, None) == "one_row" and len(timed) == 3  # kept
+        assert len(timed) == 4
+        assert d.decode_matmul(torch.randn(1, 1, 16), weight, None) == "one_row" and len(timed) == 4  # kept
         # two rows: no matrix-vector product; row blocks at 0.95x are within the margin, so F.linear stays
-        assert d.decode_matmul(torch.randn(2, 1, 16), weight, None) == "linear" and len(timed) == 5
+        assert d.decode_matmul(torch.randn(2, 1, 16), weight, None) == "linear" and len(timed) == 7
         torch.set_num_threads(1)  # a new key; one thread has no row blocks
-        assert d.decode_matmul(torch.randn(1, 1, 16), weight, None) == "one_row" and len(timed) == 7
-        assert "row_blocks" not in timed[5:]
+        assert d.decode_matmul(torch.randn(1, 1, 16), weight, None) == "one_row" and len(timed) == 10
+        assert "row_blocks" not in timed[7:]
+        monkeypatch.setattr(d, "onednn_available", lambda: False)  # a torch without oneDNN: not a candidate
+        assert d.decode_matmul(torch.randn(3, 16), weight, None) == "linear" and "onednn_packed" not in timed[10:]
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not d.onednn_available(), reason="this torch has no oneDNN")
+def test_onednn_weight_is_packed_once_remade_after_a_change_and_dropped_when_not_chosen(monkeypatch):
+    monkeypatch.setattr(d, "PACKED", WeakIdKeyDictionary())
+    weight, x = torch.randn(40, 16), torch.randn(3, 16)
+    torch.testing.assert_close(d.onednn_packed(x, weight, None), F.linear(x, weight))
+    packed = d.PACKED[weight][1]
+    d.onednn_packed(x, weight, None)
+    assert d.PACKED[weight][1] is packed  # made once
+    with torch.no_grad():
+        weight.mul_(2)  # an optimizer step, say
+    torch.testing.assert_close(d.onednn_packed(x, weight, None), F.linear(x, weight))
+    assert d.PACKED[weight][1] is not packed
+    del weight, packed
+    gc.collect()
+    assert len(d.PACKED) == 0  # the copy goes with its parameter
+
+    # timed and not chosen: the copy made to time it is not kept
+    monkeypatch.setattr(d, "DECODE_CHOICE", {})
+
+    def onednn_slower(products, x, w, b):
+        products["onednn_packed"](x, w, b)  # packs, as timing it does
+        return {name: 2.0 if name == "onednn_packed" else 1.0 for name in products}
+
+    monkeypatch.setattr(d, "time_products", onednn_slower)
+    weight = torch.randn(40, 16)
+    assert d.decode_matmul(x, weight, None) == "linear" and weight not in d.PACKED
+
+
+def test_a_product_that_fails_is_never_chosen():
+    def fails(*args):
+        raise RuntimeError("no kernel for this dtype")
+
+    seconds = d.time_products({"linear": F.linear, "fails": fails}, torch.randn(1, 4), torch.randn(3, 4), None)
+    assert seconds["fails"] == float("inf") and seconds["linear"] < 1
 
 
 def test_time_products_times_each_in_turns():
