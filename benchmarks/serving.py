@@ -132,8 +132,8 @@ def measure(server: Server, levels: list[int], per_level: int, max_tokens: int, 
     process = subprocess.Popen(command, env={**os.environ, **server.env}, stdout=log, stderr=subprocess.STDOUT)
     try:
         model = wait_ready(port, process, server.startup_timeout)
-        load(port, model, 1, 2, max_tokens, server.extra_body)  # warm-up: first requests compile, allocate
-        load(port, model, max(levels), max(levels), max_tokens, server.extra_body)
+        for level in levels:  # warm-up: the first requests at each level compile, allocate, choose kernels
+            load(port, model, level, level, max_tokens, server.extra_body)
         out = {}
         for level in levels:
             runs = [load(port, model, level, per_level * level, max_tokens, server.extra_body) for _ in range(repeats)]

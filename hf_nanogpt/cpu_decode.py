@@ -117,7 +117,10 @@ DECODE_MATMULS = {"linear": F.linear, "row_blocks": row_blocks, "one_row": one_r
 def decode_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
     """The fastest of DECODE_MATMULS for this product on this machine, timed the first time its shape comes."""
     rows = x.numel() // x.shape[-1]
-    key = (rows, *weight.shape, weight.dtype, bias is not None, torch.get_num_threads())
+    # one choice for a bucket of row counts (1, 2, 3-4, 5-8, ..., 17-32): continuous batching meets every count
+    # from 1 to its batch size, and each timing costs a few of the slowest product's runs
+    bucket = 1 << (rows - 1).bit_length()
+    key = (bucket, *weight.shape, weight.dtype, bias is not None, torch.get_num_threads())
     if key not in DECODE_CHOICE:
         candidates = [name for name in DECODE_MATMULS if not (name == "one_row" and rows > 1)]
         if key[-1] == 1:  # row blocks are per thread

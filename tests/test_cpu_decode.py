@@ -54,11 +54,14 @@ def test_decode_matmul_is_timed_once_per_shape_and_kept_only_past_the_margin(mon
         assert d.decode_matmul(torch.randn(1, 1, 16), weight, None) == "one_row" and len(timed) == 4  # kept
         # two rows: no matrix-vector product; row blocks at 0.95x are within the margin, so F.linear stays
         assert d.decode_matmul(torch.randn(2, 1, 16), weight, None) == "linear" and len(timed) == 7
+        # row counts share a choice by bucket (1, 2, 3-4, 5-8, ...): 3 rows are timed, 4 rows take their choice
+        assert d.decode_matmul(torch.randn(3, 16), weight, None) == "linear" and len(timed) == 10
+        assert d.decode_matmul(torch.randn(4, 16), weight, None) == "linear" and len(timed) == 10
         torch.set_num_threads(1)  # a new key; one thread has no row blocks
-        assert d.decode_matmul(torch.randn(1, 1, 16), weight, None) == "one_row" and len(timed) == 10
-        assert "row_blocks" not in timed[7:]
+        assert d.decode_matmul(torch.randn(1, 1, 16), weight, None) == "one_row" and len(timed) == 13
+        assert "row_blocks" not in timed[10:]
         monkeypatch.setattr(d, "onednn_available", lambda: False)  # a torch without oneDNN: not a candidate
-        assert d.decode_matmul(torch.randn(3, 16), weight, None) == "linear" and "onednn_packed" not in timed[10:]
+        assert d.decode_matmul(torch.randn(5, 16), weight, None) == "linear" and "onednn_packed" not in timed[13:]
     finally:
         torch.set_num_threads(threads)
 
