@@ -152,9 +152,10 @@ def evict_caches() -> None:
     """Writes over the CPU caches: a decode step reads each weight from memory (the model is larger than the
     caches), so each product is timed that way, not on a weight left in the cache by the run before. Timed warm,
     a matrix-vector product won on the AMD EPYC for weights that fit its 32 MiB cache and lost in decoding."""
-    if not EVICT:
-        EVICT.append(torch.empty(2 * last_level_cache_bytes() // 4))
-    EVICT[0].fill_(1.0)
+    with torch.inference_mode(False):  # a normal tensor, whatever mode the first timing came in (sample: inference)
+        if not EVICT:
+            EVICT.append(torch.empty(2 * last_level_cache_bytes() // 4))
+        EVICT[0].fill_(1.0)
 
 
 def time_products(products: dict[str, Callable], x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -21,7 +21,7 @@ from hf_nanogpt.conversion.gpt2 import gpt2_model_card
 from hf_nanogpt.conversion.nanogpt import nanogpt_model_card
 from hf_nanogpt.hub import HubError, push_to_hub
 from hf_nanogpt.model_card import card_for_repo, render_model_card
-from hf_nanogpt.saving import save_model_folder
+from hf_nanogpt.saving import SUPPRESS_BIAS_FILE, save_model_folder
 from hf_nanogpt.tokenization import char_tokenizer
 from hub_server import HubServer
 
@@ -301,10 +301,11 @@ def test_files_over_10MB_go_through_lfs(big_folder, hub):
     mark = len(hub.request_log)
     push_to_hub(big_folder, "alice/big", token=WRITE_TOKEN)
     requests = hub.request_log[mark:]
-    assert [r[2] for r in requests if r[0] == "PUT" and r[1].startswith("/_lfs_upload/")] == [200, 200]
+    # model.safetensors and suppress_tokens_bias.safetensors (vLLM's logit bias) by pattern, samples.txt by size
+    assert [r[2] for r in requests if r[0] == "PUT" and r[1].startswith("/_lfs_upload/")] == [200, 200, 200]
     assert any(r[0] == "POST" and r[1] == "/alice/big.git/info/lfs/objects/batch" for r in requests)
     files = hub.store.commit("alice/big", commits(hub, "alice/big")[0])["files"]
-    for name in ("model.safetensors", "samples.txt"):  # by pattern and by size: both through LFS
+    for name in ("model.safetensors", SUPPRESS_BIAS_FILE, "samples.txt"):  # by pattern and by size: through LFS
         assert files[name]["lfs"]["sha256"] == sha256(big_folder / name)
         assert (hub.store.dir("alice/big") / "lfs" / sha256(big_folder / name)).stat().st_size == (
             big_folder / name
@@ -360,7 +361,7 @@ def test_server_dying_mid_upload_is_a_clear_error_and_the_next_push_completes(bi
         assert files["model.safetensors"]["lfs"]["sha256"] == sha256(big_folder / "model.safetensors")
         assert {"README.md", "tokenizer.json", "samples.txt"} <= set(files)
         puts = [r for r in server.request_log if r[0] == "PUT"]
-        assert len(puts) == (2 if stage == "lfs-put" else 0)  # the dead server had all LFS files before the commit
+        assert len(puts) == (3 if stage == "lfs-put" else 0)  # the dead server had all LFS files before the commit
     finally:
         server.stop()
 
