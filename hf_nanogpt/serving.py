@@ -45,6 +45,7 @@ from transformers.cli.serving.utils import BaseHandler, GenerationState, Modalit
 
 import hf_nanogpt  # noqa: F401  (registers the nanogpt model type with the Auto classes)
 from hf_nanogpt.cpu_decode import attach_cpu_decode
+from hf_nanogpt.tokenization import encode_text
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: a block_size of 1024 GPT-2 tokens is about 4 KB of text
 ENDPOINTS = {"/health": "GET", "/v1/models": "GET", "/v1/completions": "POST", "/v1/chat/completions": "POST"}
@@ -257,7 +258,10 @@ class RequestChecks:
         return json.dumps(body).encode()
 
     def prompt_tokens(self, prompt: str) -> int:
-        count = len(self.tokenizer(prompt)["input_ids"])
+        try:  # the prompt's ids as generate and chat encode it: a character a char-level vocabulary lacks is named
+            count = len(encode_text(self.tokenizer, prompt))
+        except ValueError as err:
+            raise RequestError(400, str(err), "prompt") from None
         if count == 0:
             raise RequestError(400, "the prompt encodes to no tokens: send at least one (e.g. '\\n').", "prompt")
         return count

@@ -305,3 +305,14 @@ def test_ctrl_c_stops_the_server_cleanly(batching):
     assert complete(batching.client(), batching.folder, "Hello world", 2)
     assert batching.stop() == 0
     assert "Traceback" not in batching.final_output and "Finished server process" in batching.final_output
+
+
+def test_a_prompt_with_characters_a_char_vocabulary_lacks_is_a_400_naming_them():
+    from hf_nanogpt.serving import RequestChecks, RequestError
+    from hf_nanogpt.tokenization import char_tokenizer
+
+    checks = RequestChecks(None, "m", char_tokenizer("abc \n"), block_size=16, max_body_bytes=1 << 10)
+    with pytest.raises(RequestError) as err:
+        checks.prompt_tokens("abz")
+    assert err.value.status == 400 and "'z'" in err.value.message
+    assert checks.prompt_tokens("ab c") == 4
